@@ -1,0 +1,39 @@
+"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT, on a CPU in minutes.
+
+  monosem-pipeline --workdir=W                                  (this config is the default)
+  monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus instead)
+  monosem-pipeline --workdir=W --config=configs/pipeline/tiny.py:smoke   (seconds; for tests)
+"""
+
+import ml_collections
+
+from configs.gpt import tiny as gpt_tiny
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    if arg not in ("", "smoke"):
+        raise ValueError(f"unknown config arg {arg!r}; use '' or 'smoke'")
+    config = ml_collections.ConfigDict()
+
+    config.corpus = ml_collections.ConfigDict()
+    config.corpus.path = ""  # "" = generate the labelled synthetic corpus; else a file/folder
+    config.corpus.format = "auto"  # "auto" | "tinystories" | "jsonl" | "txt_dir"
+    config.corpus.num_stories = 20_000  # generated stories (ignored for a real corpus)
+    config.corpus.french_fraction = 0.15  # share of generated stories in French
+    config.corpus.seed = 0  # generator seed: same seed, same corpus, byte for byte
+    config.corpus.max_documents = 0  # cap on documents read from a real corpus (0 = all)
+
+    config.tokenizer = ml_collections.ConfigDict()
+    config.tokenizer.vocab_size = 2048  # byte-level BPE size, incl. <|endoftext|>
+    config.tokenizer.eval_fraction = 0.05  # documents held out for evaluation
+    config.tokenizer.split_seed = 0
+
+    config.lm = gpt_tiny.get_config(arg)
+    # The model's vocabulary is the tokenizer's: one number, two places.
+    config.lm.model.vocab_size = config.tokenizer.get_ref("vocab_size")
+
+    if arg == "smoke":
+        config.corpus.num_stories = 400
+        config.tokenizer.vocab_size = 512
+        config.tokenizer.eval_fraction = 0.1
+    return config

@@ -1,0 +1,74 @@
+"""Metrics and summaries on disk: `metrics.jsonl` (resume-aware) and `summary.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+
+
+def _plain(value):
+    """JSON-safe plain Python numbers (no numpy scalars, NaN as null)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Writes JSON via a temporary file and rename, so readers never see half a file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike):
+    with open(path) as f:
+        return json.load(f)
+
+
+def finish_summary(path: str | os.PathLike, summary: dict) -> dict:
+    """Writes the stage summary and prints it as the binary's last stdout line."""
+    summary = {k: _plain(v) for k, v in summary.items()}
+    if jax.process_index() == 0:
+        write_json_atomic(path, summary)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
+
+
+class MetricsWriter:
+    """Appends JSON lines; on resume from `resume_step`, drops rows logged after it."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int = 0):
+        self.path = os.fspath(path)
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            kept = [r for r in rows if r.get("step", 0) <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, step: int, **metrics) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "time": round(time.time(), 3)}
+        row.update({k: _plain(v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

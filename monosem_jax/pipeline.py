@@ -1,0 +1,96 @@
+"""monosem-pipeline: every stage in order in one work directory, skipping finished ones.
+
+  monosem-pipeline --workdir=W                                  (the embedded default corpus)
+  monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus)
+
+Each stage records the config sections it was run with in `W/<stage>/config.json`; rerunning
+with different values for those sections is refused (use a fresh --workdir) so one work
+directory never mixes two experiments. A finished stage (its summary.json exists) is skipped;
+an unfinished one resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+
+import ml_collections
+from absl import logging
+
+from monosem_jax import cli, metrics_io
+from monosem_jax.corpus import prepare
+from monosem_jax.gpt import train as gpt_train
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # also the folder W/<name> holding its summary.json
+    sections: tuple[str, ...]  # config sections that determine its output
+    run: Callable[[ml_collections.ConfigDict, str], dict]
+
+
+def _lm_stage(config, workdir):
+    return gpt_train.train_and_evaluate(config.lm, workdir)
+
+
+STAGES = (
+    Stage("corpus", ("corpus", "tokenizer"), prepare.prepare),
+    Stage("lm", ("corpus", "tokenizer", "lm"), _lm_stage),
+)
+
+
+def _sections_json(config: ml_collections.ConfigDict, sections) -> dict:
+    return {name: json.loads(config[name].to_json()) for name in sections}
+
+
+def check_stage_config(config, workdir: str, stage: Stage) -> None:
+    """Records the stage's config on first run; refuses a rerun with different values."""
+    path = os.path.join(workdir, stage.name, "config.json")
+    wanted = _sections_json(config, stage.sections)
+    if os.path.exists(path):
+        recorded = metrics_io.read_json(path)
+        if recorded != wanted:
+            diffs = _first_difference(recorded, wanted)
+            raise ValueError(
+                f"{workdir} holds a '{stage.name}' stage made with a different config ({diffs}); "
+                "use a new --workdir or the original config"
+            )
+    else:
+        metrics_io.write_json_atomic(path, wanted)
+
+
+def _first_difference(old, new, prefix="") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: was {old!r}, now {new!r}"
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs every stage; returns {stage: summary, ..., 'wall_s'}."""
+    t_start = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    summaries = {}
+    for i, stage in enumerate(STAGES):
+        check_stage_config(config, workdir, stage)
+        logging.info("=== stage %d/%d: %s ===", i + 1, len(STAGES), stage.name)
+        t_stage = time.time()
+        summaries[stage.name] = stage.run(config, workdir)
+        logging.info("stage %s done in %.1fs", stage.name, time.time() - t_stage)
+    summary = {**summaries, "wall_s": time.time() - t_start}
+    metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return summary
+
+
+def run_main():
+    cli.define_flags(cli.default_config("pipeline/tiny.py"))
+    cli.run(run_pipeline)
+
+
+if __name__ == "__main__":
+    run_main()
