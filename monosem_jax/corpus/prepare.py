@@ -67,8 +67,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tokenizer.save_tokenizer(tok, os.path.join(workdir, "tokenizer.json"))
     logging.info("tokenizer: %d tokens trained in %.1fs", tok.get_vocab_size(), time.time() - t_tok)
     meta = dataset.build_dataset(
-        tok, texts, spans, concepts, config.tokenizer.eval_fraction,
-        config.tokenizer.split_seed, os.path.join(workdir, "data"),
+        tok,
+        texts,
+        spans,
+        concepts,
+        config.tokenizer.eval_fraction,
+        config.tokenizer.split_seed,
+        os.path.join(workdir, "data"),
     )
     summary = {
         **provenance,
