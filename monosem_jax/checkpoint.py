@@ -67,3 +67,10 @@ class Checkpointer:
 def abstract_like(tree):
     """ShapeDtypeStructs (with shardings) of a concrete pytree, for `Checkpointer.restore`."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def with_sharding(abstract_tree, sharding):
+    """The same ShapeDtypeStructs placed with `sharding` (e.g. to restore on other devices)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree
+    )

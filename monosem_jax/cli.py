@@ -9,10 +9,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import configs
+from monosem_jax.activations.store import StoreError
 
 # Errors a user can fix (bad config value, bad input file, NaN loss): one line, exit code 2.
 # MONOSEM_DEBUG=1 shows the traceback instead.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, FileExistsError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, FileExistsError, StoreError)
 
 
 def default_config(relative: str) -> str:

@@ -21,6 +21,7 @@ import ml_collections
 from absl import logging
 
 from monosem_jax import cli, metrics_io
+from monosem_jax.activations import capture
 from monosem_jax.corpus import prepare
 from monosem_jax.gpt import train as gpt_train
 
@@ -36,9 +37,14 @@ def _lm_stage(config, workdir):
     return gpt_train.train_and_evaluate(config.lm, workdir)
 
 
+def _capture_stage(config, workdir):
+    return capture.capture(config.capture, workdir)
+
+
 STAGES = (
     Stage("corpus", ("corpus", "tokenizer"), prepare.prepare),
     Stage("lm", ("corpus", "tokenizer", "lm"), _lm_stage),
+    Stage("acts", ("corpus", "tokenizer", "lm", "capture"), _capture_stage),
 )
 
 

@@ -8,3 +8,35 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_lm_workdir(tmp_path_factory):
+    """A work directory with the smoke corpus and a trained smoke LM (built once per session).
+
+    Tests that write into a work directory copy it first (see `copy_workdir`).
+    """
+    from configs.pipeline import tiny
+    from monosem_jax.corpus import prepare
+    from monosem_jax.gpt import train
+
+    workdir = str(tmp_path_factory.mktemp("smoke_lm"))
+    config = tiny.get_config("smoke")
+    prepare.prepare(config, workdir)
+    train.train_and_evaluate(config.lm, workdir)
+    return workdir
+
+
+@pytest.fixture
+def copy_workdir(tmp_path):
+    def copy(src):
+        dst = str(tmp_path / "w")
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy

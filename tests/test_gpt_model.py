@@ -34,8 +34,10 @@ def test_loss_matches_float64_reference():
     logits = jax.random.normal(jax.random.key(1), (2, 5, 11)) * 3
     targets = jax.random.randint(jax.random.key(2), (2, 5), 0, 11)
     x = np.asarray(logits, np.float64)
-    logp = x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(
-        -1, keepdims=True
+    logp = (
+        x
+        - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - x.max(-1, keepdims=True)
     )
     want = -np.take_along_axis(logp, np.asarray(targets)[..., None], -1).mean()
     np.testing.assert_allclose(gpt_model.next_token_loss(logits, targets), want, rtol=1e-6)
@@ -92,7 +94,8 @@ def test_capture_returns_every_hook_with_its_shape():
         acts["blocks.1.hook_resid_pre"]
         + acts["blocks.1.hook_attn_out"]
         + acts["blocks.1.hook_mlp_out"],
-        rtol=1e-5, atol=1e-6,
+        rtol=1e-5,
+        atol=1e-6,
     )
     np.testing.assert_array_equal(acts["blocks.0.hook_resid_post"], acts["blocks.1.hook_resid_pre"])
 
@@ -101,10 +104,15 @@ def test_identity_intervention_is_exact_and_zero_ablation_changes_logits():
     params = gpt_model.init_params(SMALL, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, SMALL.vocab_size)
     clean, _ = gpt_model.forward(SMALL, params, tokens)
-    same, _ = gpt_model.forward(SMALL, params, tokens, intervene={"blocks.1.hook_mlp_out": lambda x: x})
+    same, _ = gpt_model.forward(
+        SMALL, params, tokens, intervene={"blocks.1.hook_mlp_out": lambda x: x}
+    )
     np.testing.assert_array_equal(clean, same)
     ablated, acts = gpt_model.forward(
-        SMALL, params, tokens, capture=["blocks.1.hook_mlp_out"],
+        SMALL,
+        params,
+        tokens,
+        capture=["blocks.1.hook_mlp_out"],
         intervene={"blocks.1.hook_mlp_out": jnp.zeros_like},
     )
     assert float(jnp.abs(acts["blocks.1.hook_mlp_out"]).max()) == 0.0
@@ -114,14 +122,25 @@ def test_identity_intervention_is_exact_and_zero_ablation_changes_logits():
 def test_bad_hooks_and_config_values_are_clear_errors():
     params = gpt_model.init_params(SMALL, jax.random.key(0))
     with pytest.raises(ValueError, match="unknown hook 'blocks.7.hook_resid_post'"):
-        gpt_model.forward(SMALL, params, jnp.zeros((1, 4), jnp.int32), capture=["blocks.7.hook_resid_post"])
+        gpt_model.forward(
+            SMALL, params, jnp.zeros((1, 4), jnp.int32), capture=["blocks.7.hook_resid_post"]
+        )
     with pytest.raises(ValueError, match="divisible by model.n_heads"):
-        gpt_model.GPTConfig(vocab_size=10, context_len=8, d_model=10, n_layers=1, n_heads=3, d_mlp=8)
+        gpt_model.GPTConfig(
+            vocab_size=10, context_len=8, d_model=10, n_layers=1, n_heads=3, d_mlp=8
+        )
     with pytest.raises(ValueError, match="model.n_layers must be positive"):
         gpt_model.GPTConfig(vocab_size=10, context_len=8, d_model=8, n_layers=0, n_heads=2, d_mlp=8)
     with pytest.raises(ValueError, match="positional"):
-        gpt_model.GPTConfig(vocab_size=10, context_len=8, d_model=8, n_layers=1, n_heads=2, d_mlp=8,
-                            positional="alibi")
+        gpt_model.GPTConfig(
+            vocab_size=10,
+            context_len=8,
+            d_model=8,
+            n_layers=1,
+            n_heads=2,
+            d_mlp=8,
+            positional="alibi",
+        )
     with pytest.raises(ValueError, match="learning_rate"):
         gpt_train.TrainConfig(learning_rate=-1.0)
     with pytest.raises(ValueError, match="warmup_steps"):
@@ -136,7 +155,8 @@ def test_gpu_scale_config_shapes_without_compute():
     tokens = jax.ShapeDtypeStruct((2, model_cfg.context_len), jnp.int32)
     logits, acts = jax.eval_shape(
         lambda p, t: gpt_model.forward(model_cfg, p, t, capture=["blocks.4.hook_resid_post"]),
-        state["params"], tokens,
+        state["params"],
+        tokens,
     )
     assert logits.shape == (2, model_cfg.context_len, model_cfg.vocab_size)
     assert acts["blocks.4.hook_resid_post"].dtype == jnp.bfloat16

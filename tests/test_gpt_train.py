@@ -46,8 +46,8 @@ def test_one_step_golden_numbers():
 
 def test_step_on_sharded_batch_matches_single_device():
     model_cfg, train_cfg = _smoke_cfgs()
-    tokens = np.random.default_rng(0).integers(0, 500, (8, model_cfg.context_len + 1)).astype(
-        np.int32
+    tokens = (
+        np.random.default_rng(0).integers(0, 500, (8, model_cfg.context_len + 1)).astype(np.int32)
     )
     step = gpt_train.compile_train_step(model_cfg, train_cfg)
     _, single = step(gpt_train.init_state(model_cfg, train_cfg), tokens)
@@ -90,10 +90,14 @@ def _prepared_workdir(tmp_path_factory):
 
 def _train_cmd(workdir, steps):
     return [
-        sys.executable, "-m", "monosem_jax.gpt.main",
+        sys.executable,
+        "-m",
+        "monosem_jax.gpt.main",
         f"--config={os.path.dirname(tiny.__file__)}/tiny.py:smoke",
-        f"--workdir={workdir}", f"--config.train.steps={steps}",
-        "--config.train.checkpoint_every=10", "--config.train.eval_every=1000",
+        f"--workdir={workdir}",
+        f"--config.train.steps={steps}",
+        "--config.train.checkpoint_every=10",
+        "--config.train.eval_every=1000",
     ]
 
 
@@ -158,7 +162,15 @@ def test_sampling_is_deterministic_and_respects_top_k():
     prompt = np.array([[1, 2, 3]], np.int32)
     kw = dict(num_new=8, temperature=1.0, top_k=1)
     a = sample.sample(model_cfg, params, prompt, np.int32(3), jax.random.key(1), **kw)
-    greedy = sample.sample(model_cfg, params, prompt, np.int32(3), jax.random.key(2),
-                           num_new=8, temperature=0.0, top_k=0)
+    greedy = sample.sample(
+        model_cfg,
+        params,
+        prompt,
+        np.int32(3),
+        jax.random.key(2),
+        num_new=8,
+        temperature=0.0,
+        top_k=0,
+    )
     np.testing.assert_array_equal(a, greedy)  # top-1 sampling is greedy decoding
     np.testing.assert_array_equal(a[:, :3], prompt)

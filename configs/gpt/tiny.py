@@ -1,7 +1,7 @@
 """The tiny GPT of the embedded default: ~1M parameters, trained in ~4 minutes on 2 CPU cores.
 
-  monosem-train-lm --config=configs/gpt/tiny.py --workdir=W           (W/data from monosem-prepare)
-  monosem-train-lm --config=configs/gpt/tiny.py:smoke --workdir=W     (seconds; for tests)
+monosem-train-lm --config=configs/gpt/tiny.py --workdir=W           (W/data from monosem-prepare)
+monosem-train-lm --config=configs/gpt/tiny.py:smoke --workdir=W     (seconds; for tests)
 """
 
 import ml_collections

@@ -1,12 +1,13 @@
-"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT, on a CPU in minutes.
+"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT -> activation store.
 
-  monosem-pipeline --workdir=W                                  (this config is the default)
-  monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus instead)
-  monosem-pipeline --workdir=W --config=configs/pipeline/tiny.py:smoke   (seconds; for tests)
+monosem-pipeline --workdir=W                                  (this config is the default)
+monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus instead)
+monosem-pipeline --workdir=W --config=configs/pipeline/tiny.py:smoke   (seconds; for tests)
 """
 
 import ml_collections
 
+from configs.capture import default as capture_default
 from configs.gpt import tiny as gpt_tiny
 
 
@@ -31,6 +32,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.lm = gpt_tiny.get_config(arg)
     # The model's vocabulary is the tokenizer's: one number, two places.
     config.lm.model.vocab_size = config.tokenizer.get_ref("vocab_size")
+
+    config.capture = capture_default.get_config(arg)
 
     if arg == "smoke":
         config.corpus.num_stories = 400

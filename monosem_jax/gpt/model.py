@@ -61,7 +61,9 @@ class GPTConfig:
                 f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
             )
         if self.positional not in ("learned", "rope"):
-            raise ValueError(f"model.positional must be 'learned' or 'rope', got {self.positional!r}")
+            raise ValueError(
+                f"model.positional must be 'learned' or 'rope', got {self.positional!r}"
+            )
         if self.positional == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError("model.positional='rope' needs an even head dimension")
         if self.compute_dtype not in ("float32", "bfloat16"):
@@ -95,7 +97,8 @@ def check_hooks(cfg: GPTConfig, names: Iterable[str]) -> None:
         if name not in valid:
             raise ValueError(
                 f"unknown hook {name!r}; hooks are blocks.<0..{cfg.n_layers - 1}>.<"
-                + "|".join(HOOK_KINDS) + ">"
+                + "|".join(HOOK_KINDS)
+                + ">"
             )
 
 
@@ -177,7 +180,9 @@ class Block(nn.Module):
         h_BLD = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.dtype, name="ln_mlp")(x_BLD)
         h_BLF = nn.gelu(_dense(cfg.d_mlp, cfg, "mlp_in")(h_BLD))
         h_BLF = hooks(prefix + "hook_mlp_post", h_BLF)
-        mlp_BLD = hooks(prefix + "hook_mlp_out", _dense(cfg.d_model, cfg, "mlp_out", out_std)(h_BLF))
+        mlp_BLD = hooks(
+            prefix + "hook_mlp_out", _dense(cfg.d_model, cfg, "mlp_out", out_std)(h_BLF)
+        )
         return hooks(prefix + "hook_resid_post", x_BLD + mlp_BLD)
 
 

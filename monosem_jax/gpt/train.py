@@ -47,8 +47,15 @@ class TrainConfig:
     top_k: int = 40
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "log_every", "eval_every", "eval_tokens",
-                    "checkpoint_every", "max_to_keep")
+        positive = (
+            "steps",
+            "batch_size",
+            "log_every",
+            "eval_every",
+            "eval_tokens",
+            "checkpoint_every",
+            "max_to_keep",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -156,8 +163,14 @@ def write_samples(path, tok, params, model_cfg, cfg: TrainConfig) -> list[str]:
     eot = tokenizer.eot_id(tok)
     prompt_BL = np.full((cfg.num_samples, 1), eot, np.int32)
     out_BL = gpt_sample.sample(
-        model_cfg, params, prompt_BL, jnp.int32(1), jax.random.key(cfg.seed + 1),
-        num_new=cfg.sample_len, temperature=cfg.temperature, top_k=cfg.top_k,
+        model_cfg,
+        params,
+        prompt_BL,
+        jnp.int32(1),
+        jax.random.key(cfg.seed + 1),
+        num_new=cfg.sample_len,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
     )
     texts = []
     for row in np.asarray(out_BL)[:, 1 : 1 + cfg.sample_len].tolist():
@@ -167,6 +180,31 @@ def write_samples(path, tok, params, model_cfg, cfg: TrainConfig) -> list[str]:
     with open(path, "w") as f:
         f.write("\n\n".join(f"--- sample {i} ---\n{t}" for i, t in enumerate(texts)) + "\n")
     return texts
+
+
+def load_trained(workdir: str) -> tuple[gpt_model.GPTConfig, dict, int]:
+    """(model config, params, step) of the LM trained in `workdir` (its latest checkpoint)."""
+    lm_dir = os.path.join(workdir, "lm")
+    model_path = os.path.join(lm_dir, "model.json")
+    ckpt_dir = os.path.join(lm_dir, "checkpoints")
+    if not os.path.exists(model_path) or not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(
+            f"no trained LM in {lm_dir}; run monosem-train-lm (or monosem-pipeline) first"
+        )
+    model_cfg = gpt_model.GPTConfig(**metrics_io.read_json(model_path))
+    ckpt = checkpoint.Checkpointer(ckpt_dir, save_every=1)
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no LM checkpoint in {ckpt_dir}; run the LM stage first")
+    # The optimiser state's structure does not depend on hyper-parameters: defaults will do.
+    # Restore replicated onto this process's devices, whatever topology saved it.
+    abstract = checkpoint.with_sharding(
+        jax.eval_shape(lambda: init_state(model_cfg, TrainConfig())),
+        parallel.replicated(parallel.make_mesh()),
+    )
+    state, _ = ckpt.restore(abstract, step)
+    ckpt.close()
+    return model_cfg, state["params"], step
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -203,6 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         eval_split.tokens_N, length=length, max_tokens=cfg.eval_tokens, multiple=cfg.batch_size
     )
 
+    # Later stages (capture, eval, steer) rebuild the model from this file and the checkpoint.
+    metrics_io.write_json_atomic(os.path.join(lm_dir, "model.json"), dataclasses.asdict(model_cfg))
     mesh = parallel.make_mesh()
     state = jax.device_put(init_state(model_cfg, cfg), parallel.replicated(mesh))
     ckpt = checkpoint.Checkpointer(
@@ -223,7 +263,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     timed_steps, timed_since, last_loss = 0, None, float("nan")
     for step in range(start_step, cfg.steps):
         batch = data.train_batch(
-            train_split.tokens_N, seed=cfg.seed, step=step, batch_size=cfg.batch_size,
+            train_split.tokens_N,
+            seed=cfg.seed,
+            step=step,
+            batch_size=cfg.batch_size,
             length=length,
         )
         state, metrics = step_fn(state, parallel.global_batch(mesh, batch))
@@ -250,7 +293,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     eval_loss = evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size, mesh)
     writer.write(cfg.steps, eval_loss=eval_loss)
-    samples = write_samples(os.path.join(lm_dir, "samples.txt"), tok, state["params"], model_cfg, cfg)
+    _check_finite(cfg.steps, {"loss": eval_loss, "grad_norm": 0.0})
+    samples = write_samples(
+        os.path.join(lm_dir, "samples.txt"), tok, state["params"], model_cfg, cfg
+    )
     logging.info("sample: %s", samples[0][:300] if samples else "")
     summary = {
         "params": gpt_model.num_params(state["params"]),
@@ -279,8 +325,13 @@ def _log_step(step, metrics, writer, cfg, timed_steps, timed_since, tokens_per_s
         eta = (cfg.steps - done) / rate if rate > 0 else float("nan")
         logging.info(
             "step %d/%d loss %.4f grad_norm %.3f lr %.2e | %.0f tok/s | eta %s",
-            done, cfg.steps, metrics["loss"], metrics["grad_norm"], metrics["lr"],
-            rate * tokens_per_step, metrics_io.format_eta(eta) if rate > 0 else "?",
+            done,
+            cfg.steps,
+            metrics["loss"],
+            metrics["grad_norm"],
+            metrics["lr"],
+            rate * tokens_per_step,
+            metrics_io.format_eta(eta) if rate > 0 else "?",
         )
         writer.write(done, tokens_per_s=rate * tokens_per_step, **metrics)
     return float(metrics["loss"])

@@ -1,0 +1,291 @@
+"""The capture stage: run the trained GPT over the corpus and store hook activations.
+
+Contexts are the consecutive windows of `context_len` tokens of a split's flat token stream
+(documents packed, each after its end-of-text token, so no compute is spent on padding). A row
+records the token id, the document id and the token's position in its end-of-text-prefixed
+document, so its global index is `doc_starts[doc] - 1 + position`, its context window is
+`index // context_len` and its place in that window `index % context_len`: every row traces back
+to the exact context the model saw.
+
+One jitted forward returns only the requested hooks (XLA drops the layers after the last one),
+for all hooks at once. The loop dispatches the forward of batch i+1 before copying batch i to the
+host and handing it to the asynchronous store writers, so writing hides behind compute. Rows kept
+per context are a pure function of (seed, window), so a killed capture resumes from the writers'
+committed row counts with no missing or duplicate rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from monosem_jax import metrics_io
+from monosem_jax.activations import store as store_lib
+from monosem_jax.corpus import dataset, tokenizer
+from monosem_jax.gpt import model as gpt_model
+from monosem_jax.gpt import train as gpt_train
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureConfig:
+    hooks: tuple[str, ...]
+    dtype: str = "float32"
+    positions_per_context: int = 0  # 0 = every position; n = n random positions per context
+    exclude_first: bool = True  # position 0 of each context is an outlier (attention sink)
+    max_rows: int = 0  # 0 = the whole split
+    split: str = "train"
+    batch_size: int = 64
+    rows_per_shard: int = 65536
+    max_in_flight: int = 4
+    seed: int = 0
+    kvstore: str = ""  # "" = W/acts on the local disk; else a path or a JSON kvstore spec
+    forward_only_batches: int = 8  # batches timed without writing, for forward_only_tokens_per_s
+
+    def __post_init__(self):
+        if not self.hooks:
+            raise ValueError("capture.hooks is empty; name at least one hook")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"capture.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.split not in ("train", "eval"):
+            raise ValueError(f"capture.split must be 'train' or 'eval', got {self.split!r}")
+        for name in ("batch_size", "rows_per_shard", "max_in_flight"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"capture.{name} must be positive, got {getattr(self, name)}")
+        if self.positions_per_context < 0 or self.max_rows < 0:
+            raise ValueError("capture.positions_per_context and capture.max_rows must be >= 0")
+
+
+def capture_config_from(config: ml_collections.ConfigDict) -> CaptureConfig:
+    values = config.to_dict()
+    values["hooks"] = tuple(h.strip() for h in values["hooks"].split(",") if h.strip())
+    return CaptureConfig(**values)
+
+
+def store_root(cfg: CaptureConfig, workdir: str) -> dict:
+    """The kvstore spec of the store root: W/acts by default, a path, or a JSON spec."""
+    if not cfg.kvstore:
+        return store_lib.kvstore_for(os.path.join(workdir, "acts"))
+    if cfg.kvstore.lstrip().startswith("{"):
+        return store_lib.kvstore_for(json.loads(cfg.kvstore))
+    return store_lib.kvstore_for(cfg.kvstore)
+
+
+def kept_positions(cfg: CaptureConfig, window: int, length: int) -> np.ndarray:
+    """Sorted positions kept in context `window`: a pure function of (seed, window)."""
+    first = 1 if cfg.exclude_first else 0
+    candidates = np.arange(first, length)
+    n = cfg.positions_per_context
+    if n == 0 or n >= candidates.size:
+        return candidates
+    rng = np.random.default_rng([cfg.seed, window])
+    return np.sort(rng.choice(candidates, size=n, replace=False))
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "hooks"))
+def hook_activations(params, tokens_BL, positions_BK, model_cfg, hooks):
+    """{hook: [B*K, d] float32} at the kept positions; nothing after the last hook is computed."""
+    _, acts = gpt_model.forward(model_cfg, params, tokens_BL, capture=hooks)
+    out = {}
+    for name in hooks:
+        picked_BKD = jnp.take_along_axis(acts[name], positions_BK[:, :, None], axis=1)
+        out[name] = picked_BKD.reshape(-1, picked_BKD.shape[-1]).astype(jnp.float32)
+    return out
+
+
+class _Windows:
+    """The split's context windows, their kept positions, and the rows' provenance."""
+
+    def __init__(self, split: dataset.Split, cfg: CaptureConfig, length: int):
+        self.split, self.cfg, self.length = split, cfg, length
+        self.count = (split.tokens_N.shape[0]) // length
+        self.rows_per_window = kept_positions(cfg, 0, length).size
+
+    def batch(self, first: int, count: int):
+        """Tokens, kept positions and row provenance of windows first.. (wrapping past the end)."""
+        windows = np.arange(first, first + count) % self.count
+        tokens_BL = np.asarray(
+            self.split.tokens_N[(windows[:, None] * self.length + np.arange(self.length))],
+            np.int32,
+        )
+        positions_BK = np.stack([kept_positions(self.cfg, w, self.length) for w in windows])
+        index_R = (windows[:, None] * self.length + positions_BK).reshape(-1)
+        # doc_starts[d] - 1 is document d's end-of-text token: position 0 of the prefixed doc.
+        doc_R = np.searchsorted(self.split.doc_starts_D - 1, index_R, side="right") - 1
+        position_R = index_R - (self.split.doc_starts_D[np.maximum(doc_R, 0)] - 1)
+        # Tokens before the first end-of-text (none in our layout) get document -1.
+        position_R = np.where(doc_R < 0, index_R, position_R)
+        meta = {
+            "token_id": tokens_BL.reshape(-1)[
+                (np.arange(count)[:, None] * self.length + positions_BK).reshape(-1)
+            ].astype(np.int32),
+            "doc_id": doc_R.astype(np.int32),
+            "position": position_R.astype(np.int32),
+        }
+        return tokens_BL, positions_BK.astype(np.int32), meta
+
+
+def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs the capture stage (a no-op when every hook's store is complete)."""
+    t_start = time.time()
+    cfg = capture_config_from(config)
+    model_cfg, params, lm_step = gpt_train.load_trained(workdir)
+    gpt_model.check_hooks(model_cfg, cfg.hooks)
+    root = store_root(cfg, workdir)
+    summaries_dir = os.path.join(workdir, "acts")
+    if all(store_lib.is_complete(root, h) for h in cfg.hooks):
+        logging.info("capture already complete for %s; nothing to do", ", ".join(cfg.hooks))
+        return _summaries(cfg, summaries_dir, reprint=True)
+
+    data_dir = os.path.join(workdir, "data")
+    meta = dataset.load_meta(data_dir)
+    split = dataset.load_split(data_dir, cfg.split)
+    length = model_cfg.context_len
+    windows = _Windows(split, cfg, length)
+    total_rows = windows.count * windows.rows_per_window
+    if cfg.max_rows:
+        total_rows = min(total_rows, cfg.max_rows)
+    if total_rows <= 0:
+        raise ValueError(f"the {cfg.split} split has no full context of {length} tokens")
+
+    attributes = {
+        "lm_checkpoint_step": lm_step,
+        "tokenizer_hash": meta["tokenizer_hash"],
+        "context_len": length,
+        "split": cfg.split,
+        "capture_config": dataclasses.asdict(cfg),
+        "model_config": dataclasses.asdict(model_cfg),
+    }
+    writers = {
+        h: store_lib.StoreWriter(
+            store_lib.StoreSpec(
+                kvstore=root,
+                hook=h,
+                d=gpt_model.hook_dim(model_cfg, h),
+                dtype=cfg.dtype,
+                rows_per_shard=cfg.rows_per_shard,
+            ),
+            {**attributes, "hook": h},
+            max_in_flight=cfg.max_in_flight,
+        )
+        for h in cfg.hooks
+    }
+    done_rows = min(w.rows_committed for w in writers.values())
+    if done_rows:
+        logging.info("resuming capture at row %d of %d", done_rows, total_rows)
+    forward_only = _forward_only_tokens_per_s(params, windows, model_cfg, cfg)
+
+    first_window = done_rows // windows.rows_per_window
+    num_windows = -(-total_rows // windows.rows_per_window)
+    fn = functools.partial(hook_activations, model_cfg=model_cfg, hooks=cfg.hooks)
+    t_loop, last_log = time.time(), time.time()
+    pending = None
+    starts = list(range(first_window, num_windows, cfg.batch_size))
+    for first in starts + [None]:
+        launched = None
+        if first is not None:
+            # Every forward has the same shape (one compile): the last batch re-reads windows
+            # from the start, and _write keeps only the rows below total_rows.
+            tokens_BL, positions_BK, row_meta = windows.batch(first, cfg.batch_size)
+            launched = (first, fn(params, tokens_BL, positions_BK), row_meta)
+        if pending is not None:
+            _write(pending, writers, windows.rows_per_window, total_rows)
+        pending = launched
+        if time.time() - last_log > 10 or first is None:
+            last_log = time.time()
+            rows_now = min(w.rows_written for w in writers.values())
+            rate = (rows_now - done_rows) / max(time.time() - t_loop, 1e-9)
+            logging.info(
+                "capture %d/%d rows (%.1f%%) | %.0f rows/s | eta %s",
+                rows_now,
+                total_rows,
+                100 * rows_now / total_rows,
+                rate,
+                metrics_io.format_eta((total_rows - rows_now) / rate) if rate else "?",
+            )
+    finals = {h: w.finalize() for h, w in writers.items()}
+    loop_s = time.time() - t_loop
+    windows_done = num_windows - first_window
+    for h, final in finals.items():
+        summary = {
+            "hook": h,
+            "rows": final["rows"],
+            "d": final["d"],
+            "bytes": final["bytes"],
+            "dtype": cfg.dtype,
+            "norm_scale": final["norm_scale"],
+            "resumed_from_row": done_rows,
+            "tokens_per_s": windows_done * length / loop_s if loop_s > 0 else 0.0,
+            "forward_only_tokens_per_s": forward_only,
+            "lm_checkpoint_step": lm_step,
+            "wall_s": time.time() - t_start,
+        }
+        summary["write_overhead_ratio"] = summary["tokens_per_s"] / forward_only
+        metrics_io.write_json_atomic(os.path.join(summaries_dir, h, "summary.json"), summary)
+    return _summaries(cfg, summaries_dir, reprint=False)
+
+
+def _write(pending, writers, rows_per_window: int, total_rows: int) -> None:
+    """Copies one batch to the host and appends the rows each writer does not have yet."""
+    first, acts, meta = pending
+    acts = jax.device_get(acts)
+    batch_start = first * rows_per_window
+    for h, writer in writers.items():
+        lo = max(writer.rows_written - batch_start, 0)  # skip rows already stored (resume)
+        hi = min(acts[h].shape[0], total_rows - batch_start)
+        if hi > lo:
+            writer.append(
+                acts[h][lo:hi],
+                meta["token_id"][lo:hi],
+                meta["doc_id"][lo:hi],
+                meta["position"][lo:hi],
+            )
+
+
+def _forward_only_tokens_per_s(params, windows: _Windows, model_cfg, cfg: CaptureConfig) -> float:
+    """Tokens/s of the same jitted forward with no host copy or writing (compile excluded)."""
+    n = min(cfg.batch_size, windows.count)
+    tokens_BL, positions_BK, _ = windows.batch(0, n)
+    fn = functools.partial(hook_activations, model_cfg=model_cfg, hooks=cfg.hooks)
+    jax.block_until_ready(fn(params, tokens_BL, positions_BK))
+    t = time.time()
+    for _ in range(cfg.forward_only_batches):
+        out = fn(params, tokens_BL, positions_BK)
+    jax.block_until_ready(out)
+    return cfg.forward_only_batches * n * windows.length / (time.time() - t)
+
+
+def _summaries(cfg: CaptureConfig, summaries_dir: str, reprint: bool) -> dict:
+    """The per-hook summaries, and one combined summary printed as the last line."""
+    per_hook = {
+        h: metrics_io.read_json(os.path.join(summaries_dir, h, "summary.json")) for h in cfg.hooks
+    }
+    first = per_hook[cfg.hooks[0]]
+    combined = {
+        "hooks": list(cfg.hooks),
+        "rows": first["rows"],
+        "bytes": sum(s["bytes"] for s in per_hook.values()),
+        "tokens_per_s": first["tokens_per_s"],
+        "forward_only_tokens_per_s": first["forward_only_tokens_per_s"],
+        "write_overhead_ratio": first["write_overhead_ratio"],
+        "norm_scale": {h: s["norm_scale"] for h, s in per_hook.items()},
+        "wall_s": first["wall_s"],
+    }
+    del reprint
+    return metrics_io.finish_summary(os.path.join(summaries_dir, "summary.json"), combined)
+
+
+def token_text(tok, token_ids) -> list[str]:
+    """Decoded text of each token id (for provenance displays)."""
+    return [tok.decode([int(t)]) for t in token_ids]
+
+
+__all__ = ["CaptureConfig", "capture", "capture_config_from", "kept_positions", "tokenizer"]
