@@ -24,6 +24,7 @@ from monosem_jax import cli, metrics_io
 from monosem_jax.activations import capture
 from monosem_jax.corpus import prepare
 from monosem_jax.gpt import train as gpt_train
+from monosem_jax.sae import train as sae_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +42,15 @@ def _capture_stage(config, workdir):
     return capture.capture(config.capture, workdir)
 
 
+def _sae_stage(config, workdir):
+    return sae_train.train_sae(config.sae, workdir)
+
+
 STAGES = (
     Stage("corpus", ("corpus", "tokenizer"), prepare.prepare),
     Stage("lm", ("corpus", "tokenizer", "lm"), _lm_stage),
     Stage("acts", ("corpus", "tokenizer", "lm", "capture"), _capture_stage),
+    Stage("sae", ("corpus", "tokenizer", "lm", "capture", "sae"), _sae_stage),
 )
 
 

@@ -1,4 +1,4 @@
-"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT -> activation store.
+"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT -> activations -> SAE.
 
 monosem-pipeline --workdir=W                                  (this config is the default)
 monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus instead)
@@ -9,6 +9,7 @@ import ml_collections
 
 from configs.capture import default as capture_default
 from configs.gpt import tiny as gpt_tiny
+from configs.sae import default as sae_default
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -34,6 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.lm.model.vocab_size = config.tokenizer.get_ref("vocab_size")
 
     config.capture = capture_default.get_config(arg)
+    config.sae = sae_default.get_config(arg)
 
     if arg == "smoke":
         config.corpus.num_stories = 400

@@ -1,0 +1,67 @@
+"""SAE training on a captured activation store (the pipeline's default: anthropic_2024).
+
+  monosem-train-sae --workdir=W                                      (after capture)
+  monosem-train-sae --workdir=W --config.variant=topk --config.k=16 --config.name=topk16
+  monosem-sweep --workdir=W --config.sweep.grid="l1_coef=1,2,4,8"    (one compiled program)
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = ""  # run folder W/sae/<name>; "" = the variant's name
+    config.variant = "anthropic_2024"  # anthropic_2024 | topk | towards_2023 | jl | jumprelu
+    config.hook = "blocks.1.hook_resid_post"  # which captured store to train on
+    config.store = ""  # store root: "" = W/acts; else a path or a JSON TensorStore kvstore spec
+
+    config.d_sae = 4096  # dictionary size (32 x d for the tiny GPT)
+    config.steps = 600  # optimizer steps
+    config.batch_size = 4096  # rows per step
+    config.seed = 0  # init (and the data order unless data_seed >= 0)
+    config.data_seed = -1  # data order, a pure function of (data_seed, step); -1 = seed
+
+    config.lr = 1e-3  # Adam peak learning rate (decays linearly to 0 over the last lr_decay_frac)
+    config.lr_decay_frac = 0.2
+    config.l1_coef = 5.0  # lambda of the L1 penalty (anthropic_2024, towards_2023)
+    config.l1_warmup_frac = 0.05  # lambda warms up linearly over this fraction of steps
+    config.k = 32  # topk: active latents
+    config.k_start = 0  # topk: k at step 0, annealed to k (0 = no schedule)
+    config.k_anneal_frac = 0.5  # topk: fraction of steps over which k anneals
+    config.k_aux = 256  # topk: dead latents in the AuxK loss
+    config.aux_coef = 1 / 32  # topk: AuxK coefficient
+    config.jl_coef = 1e-4  # jl: coefficient of the Johnson-Lindenstrauss penalty
+    config.jl_warmup_frac = 0.1
+    config.l0_coef = 1e-3  # jumprelu: L0 coefficient
+    config.jumprelu_bandwidth = 0.001
+    config.dead_steps = 200  # steps without firing before a latent counts as dead (AuxK, resampling)
+    config.resample_steps = ""  # towards_2023: comma-separated steps at which dead latents resample
+
+    config.eval_rows = 65536  # held-out rows (the store's last rows), never trained on
+    config.shuffle_blocks = 8  # shuffle buffer, in shards
+    config.prefetch = 2  # shards read ahead in a background thread
+    config.log_every = 50
+    config.checkpoint_every = 200
+
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.name = "sweep"  # W/sweep/<name>; members are W/sae/<name>_<i>
+    # Space-separated "key=v1,v2,..." axes (their product is the sweep): any of lr, l1_coef, k,
+    # k_start, aux_coef, jl_coef, l0_coef, seed, l1_warmup_frac, lr_decay_frac, k_anneal_frac.
+    config.sweep.grid = "l1_coef=1,2,3,5,8,12,16,24"
+    config.sweep.strategy = "auto"  # auto | vmap | map | loop: how members share one program
+
+    if arg == "smoke":
+        config.hook = "blocks.0.hook_resid_post"
+        config.d_sae = 128
+        config.steps = 40
+        config.batch_size = 256
+        config.eval_rows = 1024
+        config.log_every = 10
+        config.checkpoint_every = 10
+        config.dead_steps = 10
+        config.k = 8
+        config.k_aux = 16
+        config.sweep.grid = "l1_coef=1,4 seed=0,1"
+    elif arg:
+        raise ValueError(f"unknown config arg {arg!r}; use '' or 'smoke'")
+    return config
