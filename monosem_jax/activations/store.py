@@ -268,6 +268,11 @@ class StoreWriter:
             raise ValueError(f"metadata shapes {[m.shape for m in metas]} != ({len(acts_RD)},)")
         if not len(acts_RD):
             return
+        if not np.isfinite(acts_RD).all():  # NaN/inf would poison norm_scale and every reader
+            raise StoreError(
+                f"non-finite activations (NaN or inf) appended to {self._name} at row "
+                f"{self.rows_written}; the model or its checkpoint is broken"
+            )
         self._pieces.append((acts_RD, *metas))
         self._buffered += len(acts_RD)
         shard = self.spec.rows_per_shard

@@ -1,0 +1,201 @@
+"""One named loss per SAE variant, plus the pieces only losses need (AuxK, JL, JumpReLU STE).
+
+Every loss has the signature (params, x_BD, hp, dead_F, cfg) -> (loss, aux), where hp holds the
+*effective* (already scheduled) hyper-parameters, dead_F is the [F] bool mask of dead latents and
+aux holds "f_BF", "xhat_BD", "mse" and the variant's penalty terms by name. mse is the mean over
+the batch of the squared error summed over d (the papers' ‖x − x̂‖²).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from monosem_jax.sae import model
+from monosem_jax.sae.model import HParams, Params, SAEConfig
+
+Aux = dict[str, jax.Array]
+# atanh(|cos|) is clipped at |cos| = 1 − eps: finite value and gradient for (near-)duplicates.
+JL_COS_EPS = 1e-6
+
+
+def _mse(x_BD: jax.Array, xhat_BD: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.sum(jnp.square(x_BD - xhat_BD), axis=1))
+
+
+def decoder_weighted_l1(f_BF: jax.Array, n_F: jax.Array) -> jax.Array:
+    """mean_b Σ_i f_i ‖W_dec,i‖ (f >= 0), reduced over the batch first: no [B,F] product kept."""
+    return jnp.dot(jnp.sum(f_BF, axis=0), n_F) / f_BF.shape[0]
+
+
+def loss_anthropic_2024(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """mean ‖x − x̂‖² + λ mean Σ_i f_i ‖W_dec,i‖ with f = ReLU(W_enc x + b_enc), no pre-bias."""
+    del dead_F, cfg
+    x_BD = x_BD.astype(jnp.float32)
+    f_BF = jax.nn.relu(model.preacts(params, x_BD))
+    xhat_BD = model.decode(params, f_BF)
+    mse = _mse(x_BD, xhat_BD)
+    l1 = decoder_weighted_l1(f_BF, model.decoder_norms(params))
+    return mse + hp["l1_coef"] * l1, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "l1": l1}
+
+
+def auxk_activation(z_BF: jax.Array, dead_F: jax.Array, k_aux: int) -> jax.Array:
+    """ReLU of the top-k_aux pre-activations among dead latents; live latents never selected."""
+    # Live latents get −inf (SAELens topk_sae._calculate_topk_aux_acts); if fewer than k_aux are
+    # dead, the extra picks are −inf and ReLU makes them 0.
+    masked_BF = jnp.where(dead_F[None], z_BF, -jnp.inf)
+    vals_BK, idx_BK = jax.lax.top_k(masked_BF, k_aux)
+    rows_B1 = jnp.arange(z_BF.shape[0])[:, None]
+    return jnp.zeros_like(z_BF).at[rows_B1, idx_BK].set(jax.nn.relu(vals_BK), unique_indices=True)
+
+
+def auxk_loss(
+    params: Params, z_BF: jax.Array, e_BD: jax.Array, dead_F: jax.Array, k_aux: int
+) -> jax.Array:
+    """‖ê − e‖² / ‖e − ē‖² summed over the batch: the dead latents' fit of the residual e."""
+    # Normalisation as OpenAI's normalized_mse (train.py main(): target x − x̂ + b_pre against a
+    # reconstruction that also adds b_pre, i.e. W_dec f_aux against e; denominator the batch
+    # variance of e; nan_to_num(0)). Its absolute scale matters little: only dead latents get
+    # gradient from it, and Adam is per-parameter scale-free.
+    ehat_BD = auxk_activation(z_BF, dead_F, k_aux) @ params["w_dec_FD"]  # no b_dec: fits e
+    num = jnp.sum(jnp.square(ehat_BD - e_BD))
+    den = jnp.sum(jnp.square(e_BD - jnp.mean(e_BD, axis=0)[None]))
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def loss_topk(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """mean ‖x − x̂‖² + aux_coef · AuxK, f = ReLU(TopK_k(W_enc (x − b_dec) + b_enc))."""
+    x_BD = x_BD.astype(jnp.float32)
+    z_BF = model.preacts_pre_bias(params, x_BD)
+    f_BF = model.topk_activation(z_BF, cfg.k, hp["k"])
+    xhat_BD = model.decode(params, f_BF)
+    mse = _mse(x_BD, xhat_BD)
+    e_BD = jax.lax.stop_gradient(x_BD - xhat_BD)  # AuxK fits the residual; it does not move it
+    # Skip the extra top_k and [B,F]x[F,D] products while nothing is dead (early training). With
+    # no dead latent the term is 0, as SAELens returns (OpenAI's would be a gradient-free const).
+    auxk = jax.lax.cond(
+        jnp.any(dead_F),
+        lambda: auxk_loss(params, z_BF, e_BD, dead_F, cfg.k_aux),
+        lambda: jnp.zeros((), jnp.float32),
+    )
+    loss = mse + hp["aux_coef"] * auxk
+    return loss, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk}
+
+
+def loss_towards_2023(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """mean ‖x − x̂‖² + λ mean Σ|f|, f = ReLU(W_enc (x − b_dec) + b_enc), unit-norm decoder rows."""
+    del dead_F, cfg
+    x_BD = x_BD.astype(jnp.float32)
+    f_BF = jax.nn.relu(model.preacts_pre_bias(params, x_BD))
+    xhat_BD = model.decode(params, f_BF)
+    mse = _mse(x_BD, xhat_BD)
+    l1 = jnp.sum(f_BF) / f_BF.shape[0]  # f >= 0 after ReLU, so |f| = f
+    return mse + hp["l1_coef"] * l1, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "l1": l1}
+
+
+def jl_penalty(w_FD: jax.Array) -> jax.Array:
+    """Mean over pairs i < j of atanh(|cos(w_i, w_j)|), |cos| clipped below 1 − JL_COS_EPS."""
+    # The only F×F work in the package. axu930/gpt_sae loss.py JL_loss: atanh(|W Wᵀ|) over
+    # unit-norm dictionary vectors, averaged over all F² entries (zero diagonal) × √d. We average
+    # over the F(F−1)/2 distinct pairs instead (independent of F) and leave √d to the coefficient.
+    num_f = w_FD.shape[0]
+    u_FD = w_FD / jnp.sqrt(jnp.sum(jnp.square(w_FD), axis=1))[:, None]
+    cos_FF = u_FD @ u_FD.T
+    upper_FF = jnp.arange(num_f)[:, None] < jnp.arange(num_f)[None, :]
+    atanh_FF = jnp.arctanh(jnp.clip(jnp.abs(cos_FF), 0.0, 1.0 - JL_COS_EPS))
+    pairs = max(num_f * (num_f - 1) // 2, 1)
+    return jnp.sum(jnp.where(upper_FF, atanh_FF, 0.0)) / pairs
+
+
+def loss_jl(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """anthropic_2024's loss + jl_coef · JL penalty over the decoder (dictionary) directions."""
+    # axu930/gpt_sae applies the penalty to dec.weight.T, the unit-norm dictionary vectors
+    # (its code calls them "w_enc"); we take the same directions, normalised explicitly because
+    # this variant's decoder norms are free. Its "jl" loss has no L1 term and its "hybrid" adds
+    # one: here that is l1_coef (default 0 for jl, see step.default_hparams).
+    loss, aux = loss_anthropic_2024(params, x_BD, hp, dead_F, cfg)
+    jl = jl_penalty(params["w_dec_FD"])
+    return loss + hp["jl_coef"] * jl, {**aux, "jl": jl}
+
+
+def _rectangle(u: jax.Array) -> jax.Array:
+    """K(u) = 1 on (−½, ½), else 0: the STE kernel of Rajamanoharan et al. 2024."""
+    return ((u > -0.5) & (u < 0.5)).astype(u.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jumprelu(z_BF: jax.Array, theta_F: jax.Array, bandwidth: float) -> jax.Array:
+    """z · H(z − θ); pseudo-gradient wrt θ: −(θ/ε) K((z − θ)/ε) (Gemma Scope STE)."""
+    return jnp.where(z_BF > theta_F[None], z_BF, 0.0)
+
+
+def _jumprelu_fwd(z_BF, theta_F, bandwidth):
+    return jumprelu(z_BF, theta_F, bandwidth), (z_BF, theta_F)
+
+
+def _jumprelu_bwd(bandwidth, res, g_BF):
+    z_BF, theta_F = res
+    # No STE on z: its gradient is that of z·H(z − θ) away from the jump (SAELens JumpReLU).
+    dz_BF = jnp.where(z_BF > theta_F[None], g_BF, 0.0)
+    kernel_BF = _rectangle((z_BF - theta_F[None]) / bandwidth)
+    dtheta_F = jnp.sum(-(theta_F[None] / bandwidth) * kernel_BF * g_BF, axis=0)
+    return dz_BF, dtheta_F
+
+
+jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def heaviside(z_BF: jax.Array, theta_F: jax.Array, bandwidth: float) -> jax.Array:
+    """H(z − θ); pseudo-gradient wrt θ: −(1/ε) K((z − θ)/ε), none wrt z."""
+    return (z_BF > theta_F[None]).astype(z_BF.dtype)
+
+
+def _heaviside_fwd(z_BF, theta_F, bandwidth):
+    return heaviside(z_BF, theta_F, bandwidth), (z_BF, theta_F)
+
+
+def _heaviside_bwd(bandwidth, res, g_BF):
+    z_BF, theta_F = res
+    kernel_BF = _rectangle((z_BF - theta_F[None]) / bandwidth)
+    return jnp.zeros_like(z_BF), jnp.sum(-(1.0 / bandwidth) * kernel_BF * g_BF, axis=0)
+
+
+heaviside.defvjp(_heaviside_fwd, _heaviside_bwd)
+
+
+def loss_jumprelu(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """mean ‖x − x̂‖² + l0_coef · mean L0, f = JumpReLU_θ(W_enc x + b_enc), θ = exp(log θ)."""
+    del dead_F
+    x_BD = x_BD.astype(jnp.float32)
+    z_BF = model.preacts(params, x_BD)
+    theta_F = jnp.exp(params["log_threshold_F"])
+    f_BF = jumprelu(z_BF, theta_F, cfg.jumprelu_bandwidth)
+    xhat_BD = model.decode(params, f_BF)
+    mse = _mse(x_BD, xhat_BD)
+    # L0 from H(z − θ) on the pre-activations, as SAELens (Step on hidden_pre): the kernel then
+    # sees z on both sides of θ. (The JumpReLU paper's pseudo-code applies it to f instead.)
+    l0 = jnp.sum(heaviside(z_BF, theta_F, cfg.jumprelu_bandwidth)) / x_BD.shape[0]
+    loss = mse + hp["l0_coef"] * l0
+    return loss, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "l0": l0}
+
+
+LOSSES = {
+    "anthropic_2024": loss_anthropic_2024,
+    "topk": loss_topk,
+    "towards_2023": loss_towards_2023,
+    "jl": loss_jl,
+    "jumprelu": loss_jumprelu,
+}

@@ -1,0 +1,212 @@
+"""SAE parameters and pure forward functions: config, init, encode/decode per variant, metrics.
+
+Parameters are a plain dict of float32 arrays:
+  w_enc_DF [d, d_sae]   encoder (column i reads feature i)
+  b_enc_F  [d_sae]      encoder bias
+  w_dec_FD [d_sae, d]   decoder (row i is feature i's dictionary vector)
+  b_dec_D  [d]          decoder bias; for towards_2023 and topk also the pre-encoder bias
+  log_threshold_F       jumprelu only: log of the per-feature threshold θ (kept in float32)
+
+Each variant's encoder is its own named function (`ENCODERS`); `encode` looks it up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, jax.Array]
+HParams = dict[str, jax.Array]
+
+VARIANTS = ("anthropic_2024", "topk", "towards_2023", "jl", "jumprelu")
+# Decoder rows kept at unit norm by the train step (gradient projection, then renormalisation):
+# Towards Monosemanticity (2023) and Gao et al. 2024 (openai/sparse_autoencoder train.py,
+# unit_norm_decoder_ + unit_norm_decoder_grad_adjustment_). The others leave decoder norms free
+# and, where it matters, weight the penalty by them (Anthropic's April 2024 update).
+UNIT_NORM_DECODER = frozenset({"towards_2023", "topk"})
+# Variants that encode x − b_dec (the pre-encoder bias is the decoder bias, as in both papers).
+PRE_ENCODER_BIAS = frozenset({"towards_2023", "topk"})
+
+
+def _require(ok: bool, field: str, value, valid: str) -> None:
+    if not ok:
+        raise ValueError(f"SAEConfig.{field}={value!r} is invalid; valid: {valid}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """Static (hashable) SAE settings: shapes, variant and structural constants."""
+
+    variant: str = "anthropic_2024"
+    d: int = 128
+    d_sae: int = 4096
+    k: int = 32  # topk: active latents (static upper bound; the traced hp["k"] <= k selects fewer)
+    k_aux: int = 256  # topk: dead latents used by AuxK (Gao et al. B.1 use d/2)
+    dead_steps: int = 200  # a latent silent for this many steps counts as dead (AuxK, resampling)
+    jumprelu_bandwidth: float = 0.001  # STE rectangle-kernel width ε (Gemma Scope default)
+    jumprelu_threshold_init: float = 0.001  # initial θ (SAELens jumprelu_init_threshold)
+    # Tied init: W_enc = dec_init_norm · U^T for unit directions U; decoder rows U · dec_init_norm,
+    # except unit-norm-decoder variants (towards_2023, topk) whose rows start (and stay) at 1.
+    dec_init_norm: float = 0.1
+
+    def __post_init__(self):
+        _require(self.variant in VARIANTS, "variant", self.variant, f"one of {VARIANTS}")
+        _require(_is_int(self.d) and self.d > 0, "d", self.d, "an integer > 0")
+        _require(_is_int(self.d_sae) and self.d_sae > 0, "d_sae", self.d_sae, "an integer > 0")
+        _require(_is_int(self.dead_steps) and self.dead_steps > 0, "dead_steps", self.dead_steps,
+                 "an integer > 0")
+        if self.variant == "topk":
+            _require(_is_int(self.k) and 0 < self.k <= self.d_sae, "k", self.k,
+                     f"an integer in [1, d_sae={self.d_sae}]")
+            _require(_is_int(self.k_aux) and 0 < self.k_aux <= self.d_sae, "k_aux", self.k_aux,
+                     f"an integer in [1, d_sae={self.d_sae}]")
+        _require(self.jumprelu_bandwidth > 0, "jumprelu_bandwidth", self.jumprelu_bandwidth,
+                 "> 0")
+        _require(self.jumprelu_threshold_init > 0, "jumprelu_threshold_init",
+                 self.jumprelu_threshold_init, "> 0")
+        _require(self.dec_init_norm > 0, "dec_init_norm", self.dec_init_norm, "> 0")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def init_params(cfg: SAEConfig, key: jax.Array) -> Params:
+    """Tied init: unit directions U, W_dec = U·norm, W_enc = dec_init_norm·Uᵀ, zero biases."""
+    u_FD = jax.random.normal(key, (cfg.d_sae, cfg.d), jnp.float32)
+    u_FD = u_FD / jnp.linalg.norm(u_FD, axis=1, keepdims=True)
+    dec_norm = 1.0 if cfg.variant in UNIT_NORM_DECODER else cfg.dec_init_norm
+    params = {
+        "w_enc_DF": (cfg.dec_init_norm * u_FD).T,
+        "b_enc_F": jnp.zeros((cfg.d_sae,), jnp.float32),
+        "w_dec_FD": dec_norm * u_FD,
+        # Zero, not the data's geometric median (Towards 2023 / OpenAI init from data): the
+        # params are built before any data is seen; the bias learns the mean within a few steps.
+        "b_dec_D": jnp.zeros((cfg.d,), jnp.float32),
+    }
+    if cfg.variant == "jumprelu":
+        params["log_threshold_F"] = jnp.full(
+            (cfg.d_sae,), math.log(cfg.jumprelu_threshold_init), jnp.float32
+        )
+    return params
+
+
+def decoder_norms(params: Params) -> jax.Array:
+    """‖W_dec,i‖₂ per feature [F] (cheap: one pass over [F, D])."""
+    return jnp.sqrt(jnp.sum(jnp.square(params["w_dec_FD"]), axis=1))
+
+
+def preacts(params: Params, x_BD: jax.Array) -> jax.Array:
+    """W_enc x + b_enc (no pre-encoder bias)."""
+    return x_BD @ params["w_enc_DF"] + params["b_enc_F"][None]
+
+
+def preacts_pre_bias(params: Params, x_BD: jax.Array) -> jax.Array:
+    """W_enc (x − b_dec) + b_enc, with b_dec folded into the bias (no [B,F]x[F,D] in its grad)."""
+    # (x − b)W = xW − bW: the gradient wrt b_dec is then a [F]x[F,D] product of the summed
+    # pre-activation grads instead of a full [B,F]x[F,D] matmul (OpenAI's "pre_bias grad
+    # optimization" in sparse_autoencoder/train.py).
+    bias_F = params["b_enc_F"] - params["b_dec_D"] @ params["w_enc_DF"]
+    return x_BD @ params["w_enc_DF"] + bias_F[None]
+
+
+def topk_activation(z_BF: jax.Array, k_max: int, k: jax.Array | None = None) -> jax.Array:
+    """ReLU of the k largest pre-activations per row, zero elsewhere (k traced, <= static k_max)."""
+    vals_BK, idx_BK = jax.lax.top_k(z_BF, k_max)
+    if k is not None:  # top_k sorts descending, so the first k of k_max are the k largest
+        keep_K = jnp.arange(k_max) < k
+        vals_BK = jnp.where(keep_K[None], vals_BK, 0.0)
+    # ReLU after the selection, as Gao et al. (openai/sparse_autoencoder: relu(topk(...))).
+    vals_BK = jax.nn.relu(vals_BK)
+    rows_B1 = jnp.arange(z_BF.shape[0])[:, None]
+    return jnp.zeros_like(z_BF).at[rows_B1, idx_BK].set(vals_BK, unique_indices=True)
+
+
+def encode_relu(cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None) -> jax.Array:
+    """anthropic_2024 / jl: ReLU(W_enc x + b_enc)."""
+    del cfg, hp
+    return jax.nn.relu(preacts(params, x_BD))
+
+
+def encode_pre_bias_relu(
+    cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None
+) -> jax.Array:
+    """towards_2023: ReLU(W_enc (x − b_dec) + b_enc)."""
+    del cfg, hp
+    return jax.nn.relu(preacts_pre_bias(params, x_BD))
+
+
+def encode_topk(cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None) -> jax.Array:
+    """topk: ReLU(TopK(W_enc (x − b_dec) + b_enc)) with k = hp["k"] (cfg.k without hp)."""
+    k = None if hp is None else hp["k"]
+    return topk_activation(preacts_pre_bias(params, x_BD), cfg.k, k)
+
+
+def encode_jumprelu(
+    cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None
+) -> jax.Array:
+    """jumprelu: z · H(z − θ), z = W_enc x + b_enc (forward only; the loss uses the STE version)."""
+    del cfg, hp
+    z_BF = preacts(params, x_BD)
+    theta_F = jnp.exp(params["log_threshold_F"])
+    return jnp.where(z_BF > theta_F[None], z_BF, 0.0)
+
+
+ENCODERS = {
+    "anthropic_2024": encode_relu,
+    "topk": encode_topk,
+    "towards_2023": encode_pre_bias_relu,
+    "jl": encode_relu,
+    "jumprelu": encode_jumprelu,
+}
+
+
+def encode(cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None = None) -> jax.Array:
+    """Feature activations f [B, F] as the loss sees them (variant-specific)."""
+    return ENCODERS[cfg.variant](cfg, params, x_BD.astype(jnp.float32), hp)
+
+
+def decode(params: Params, f_BF: jax.Array) -> jax.Array:
+    """x̂ = f W_dec + b_dec."""
+    return f_BF @ params["w_dec_FD"] + params["b_dec_D"][None]
+
+
+def feature_acts(
+    cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None = None
+) -> jax.Array:
+    """Reported activation f_i · ‖W_dec,i‖ (equals f for unit-norm decoders)."""
+    return encode(cfg, params, x_BD, hp) * decoder_norms(params)[None]
+
+
+def fold_decoder_norms(cfg: SAEConfig, params: Params) -> Params:
+    """Unit-norm decoder rows with the norms moved into W_enc, b_enc (and θ); same x̂."""
+    # Scaling feature i's pre-activation by n_i scales f_i by n_i (ReLU and JumpReLU with θ·n_i
+    # are positively homogeneous), so f_i W_dec,i is unchanged. TopK selection is not invariant
+    # to per-feature scaling, but topk keeps unit-norm rows, so there n_i = 1 and this is a no-op.
+    del cfg
+    n_F = decoder_norms(params)
+    folded = dict(params)
+    folded["w_dec_FD"] = params["w_dec_FD"] / n_F[:, None]
+    folded["w_enc_DF"] = params["w_enc_DF"] * n_F[None]
+    folded["b_enc_F"] = params["b_enc_F"] * n_F
+    if "log_threshold_F" in params:  # θ' = θ · n, as SAELens JumpReLUSAE.fold_W_dec_norm
+        folded["log_threshold_F"] = params["log_threshold_F"] + jnp.log(n_F)
+    return folded
+
+
+def batch_metrics(x_BD: jax.Array, xhat_BD: jax.Array, f_BF: jax.Array) -> dict[str, jax.Array]:
+    """mse, nmse, explained variance, L0 and L1 of one batch (float32 scalars)."""
+    x_BD = x_BD.astype(jnp.float32)
+    sse_B = jnp.sum(jnp.square(x_BD - xhat_BD), axis=1)
+    sse = jnp.sum(sse_B)
+    centred_BD = x_BD - jnp.mean(x_BD, axis=0)[None]
+    return {
+        "mse": jnp.mean(sse_B),
+        "nmse": sse / jnp.sum(jnp.square(x_BD)),
+        "explained_variance": 1.0 - sse / jnp.sum(jnp.square(centred_BD)),
+        "l0": jnp.mean(jnp.sum(f_BF != 0, axis=1, dtype=jnp.float32)),
+        "l1": jnp.mean(jnp.sum(jnp.abs(f_BF), axis=1)),
+    }

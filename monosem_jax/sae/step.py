@@ -1,0 +1,240 @@
+"""SAE optimisation: hyper-parameters and schedules, the pure train step, dead-latent resampling.
+
+Hyper-parameters are traced float32/int32 scalars (so a sweep stacks them on a leading axis and
+vmaps one compiled step); everything structural lives in the static `SAEConfig`. The learning
+rate is applied in `train_step` as −lr_t · adam_update, so it is traced like the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from monosem_jax.sae import model
+from monosem_jax.sae.losses import LOSSES
+from monosem_jax.sae.model import HParams, Params, SAEConfig
+
+State = dict
+
+HPARAM_KEYS = ("lr", "l1_coef", "aux_coef", "jl_coef", "l0_coef", "k", "k_start", "total_steps",
+               "l1_warmup_frac", "lr_decay_frac", "k_anneal_frac", "jl_warmup_frac")
+INT_HPARAMS = ("k", "k_start")
+_FRACTIONS = ("l1_warmup_frac", "lr_decay_frac", "k_anneal_frac", "jl_warmup_frac")
+_COEFFICIENTS = ("l1_coef", "aux_coef", "jl_coef", "l0_coef")
+# axu930/gpt_sae train_sae.py get_jl_coeff: 0.5 + 2 cos(π t / (2 w)) for t < w, then 0.5, i.e. the
+# coefficient starts at 5× its final value and eases down (a "warm-up" that spreads directions
+# early); we keep that shape: jl_coef · (1 + JL_BOOST · cos(π t / (2 w))).
+JL_BOOST = 4.0
+
+
+def default_hparams(cfg: SAEConfig, **overrides) -> HParams:
+    """Per-variant defaults (overridable) as float32 scalars, k and k_start int32."""
+    hp = {
+        "lr": 5e-5, "l1_coef": 0.0, "aux_coef": 1.0 / 32.0, "jl_coef": 0.0, "l0_coef": 0.0,
+        "k": cfg.k, "k_start": cfg.k, "total_steps": 10_000,
+        "l1_warmup_frac": 0.05, "lr_decay_frac": 0.2, "k_anneal_frac": 0.0, "jl_warmup_frac": 0.4,
+    }
+    if cfg.variant == "anthropic_2024":  # Anthropic's April 2024 update: lr 5e-5, λ = 5
+        hp.update(lr=5e-5, l1_coef=5.0)
+    elif cfg.variant == "towards_2023":  # unit-norm decoder: λ means the same as above
+        hp.update(lr=1e-4, l1_coef=5.0)
+    elif cfg.variant == "topk":  # Gao et al. fig. 3 / dictionary_learning: 2e-4 / √(F / 2^14)
+        hp.update(lr=2e-4 / math.sqrt(cfg.d_sae / 2**14))
+    elif cfg.variant == "jl":
+        # gpt_sae: lr 1e-4, final coefficient c = 0.5 on mean(e²) + c·√d·mean_{F²} atanh|cos|;
+        # in our units (mse summed over d, penalty averaged over pairs) that is 0.5·d^1.5·(F−1)/F.
+        hp.update(lr=1e-4, jl_coef=0.5 * cfg.d**1.5 * (cfg.d_sae - 1) / cfg.d_sae)
+    elif cfg.variant == "jumprelu":
+        # dictionary_learning's JumpReLU lr 7e-5; λ ~ 1e-3 for inputs with E‖x‖² = 1 scales to
+        # 1e-3·d for our E‖x‖² = d. A starting point only: sweep it.
+        hp.update(lr=7e-5, l0_coef=1e-3 * cfg.d)
+    unknown = sorted(set(overrides) - set(HPARAM_KEYS))
+    if unknown:
+        raise ValueError(f"unknown SAE hyper-parameter(s) {unknown}; valid: {HPARAM_KEYS}")
+    hp.update(overrides)
+    return {
+        name: jnp.asarray(hp[name], jnp.int32 if name in INT_HPARAMS else jnp.float32)
+        for name in HPARAM_KEYS
+    }
+
+
+def validate_hparams(cfg: SAEConfig, hp: HParams) -> None:
+    """Raises ValueError naming the first bad hyper-parameter (works on stacked sweeps too)."""
+    missing = [name for name in HPARAM_KEYS if name not in hp]
+    if missing:
+        raise ValueError(f"missing SAE hyper-parameter(s) {missing}; expected {HPARAM_KEYS}")
+    values = {name: np.asarray(jax.device_get(hp[name])) for name in HPARAM_KEYS}
+
+    def check(name: str, ok, valid: str) -> None:
+        v = values[name]
+        if not (np.all(np.isfinite(v)) and np.all(ok(v))):
+            raise ValueError(f"hyper-parameter {name}={v.tolist()} is invalid; valid: {valid}")
+
+    check("lr", lambda v: v > 0, "> 0")
+    for name in _COEFFICIENTS:
+        check(name, lambda v: v >= 0, ">= 0")
+    check("total_steps", lambda v: v >= 1, ">= 1")
+    for name in _FRACTIONS:
+        check(name, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+    if cfg.variant == "topk":  # top_k is compiled for cfg.k; the traced k can only select fewer
+        for name in INT_HPARAMS:
+            check(name, lambda v: (v >= 1) & (v <= cfg.k), f"an integer in [1, cfg.k={cfg.k}]")
+
+
+def _ramp(t: jax.Array, width: jax.Array) -> jax.Array:
+    """min(1, t / width), or 1 when width is 0."""
+    return jnp.where(width > 0, jnp.clip(t / jnp.where(width > 0, width, 1.0), 0.0, 1.0), 1.0)
+
+
+def scheduled(hp: HParams, step) -> HParams:
+    """Effective hyper-parameters at `step` (traced or Python int)."""
+    t = jnp.asarray(step).astype(jnp.float32)
+    total = hp["total_steps"]
+    out = dict(hp)
+    # Anthropic 2024: λ rises linearly from 0 over the first 5% of steps. The same sparsity
+    # warm-up applies to JumpReLU's L0 coefficient (Gemma Scope / SAELens l0_warm_up_steps).
+    warm = _ramp(t, hp["l1_warmup_frac"] * total)
+    out["l1_coef"] = hp["l1_coef"] * warm
+    out["l0_coef"] = hp["l0_coef"] * warm
+    # Anthropic 2024: the learning rate decays linearly to 0 over the last 20% of steps.
+    out["lr"] = hp["lr"] * _ramp(total - t, hp["lr_decay_frac"] * total)
+    # Optional TopK schedule: k moves linearly from k_start to k over the first k_anneal_frac.
+    frac = _ramp(t, hp["k_anneal_frac"] * total)
+    k_start = hp["k_start"].astype(jnp.float32)
+    out["k"] = jnp.round(k_start + (hp["k"].astype(jnp.float32) - k_start) * frac).astype(
+        jnp.int32)
+    jl_w = hp["jl_warmup_frac"] * total
+    boost = 1.0 + JL_BOOST * jnp.cos(0.5 * jnp.pi * _ramp(t, jl_w))
+    out["jl_coef"] = hp["jl_coef"] * jnp.where(jl_w > 0, boost, 1.0)
+    return out
+
+
+def make_optimizer() -> optax.GradientTransformation:
+    """Clip the global gradient norm to 1, then Adam(0.9, 0.999, eps 1e-8); lr applied outside."""
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8))
+
+
+def init_state(cfg: SAEConfig, key: jax.Array) -> State:
+    """Fresh params, optimizer state, step 0 and per-feature steps-since-fired counters."""
+    params = model.init_params(cfg, key)
+    return {
+        "params": params,
+        "opt_state": make_optimizer().init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "steps_since_fired_F": jnp.zeros((cfg.d_sae,), jnp.int32),
+    }
+
+
+def project_out_parallel(w_dec_FD: jax.Array, g_FD: jax.Array) -> jax.Array:
+    """Removes from each gradient row its component along that decoder row."""
+    u_FD = w_dec_FD / jnp.sqrt(jnp.sum(jnp.square(w_dec_FD), axis=1))[:, None]
+    return g_FD - jnp.sum(g_FD * u_FD, axis=1)[:, None] * u_FD
+
+
+def unit_rows(w_FD: jax.Array) -> jax.Array:
+    """Each row divided by its L2 norm."""
+    return w_FD / jnp.sqrt(jnp.sum(jnp.square(w_FD), axis=1))[:, None]
+
+
+def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig
+               ) -> tuple[State, dict[str, jax.Array]]:
+    """One optimiser step of the cfg.variant loss; pure (jit with cfg static, donate state)."""
+    params = state["params"]
+    hp_t = scheduled(hp, state["step"])
+    dead_F = state["steps_since_fired_F"] >= cfg.dead_steps
+    loss_fn = functools.partial(LOSSES[cfg.variant], cfg=cfg)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x_BD, hp_t, dead_F)
+    unit_norm = cfg.variant in model.UNIT_NORM_DECODER
+    if unit_norm:  # only the tangential part may move a row constrained to the unit sphere
+        grads = {**grads, "w_dec_FD": project_out_parallel(params["w_dec_FD"], grads["w_dec_FD"])}
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = make_optimizer().update(grads, state["opt_state"], params)
+    new_params = jax.tree.map(lambda p, u: p - hp_t["lr"] * u, params, updates)
+    if unit_norm:
+        new_params["w_dec_FD"] = unit_rows(new_params["w_dec_FD"])
+
+    f_BF = aux["f_BF"]
+    fired_F = jnp.any(f_BF > 0, axis=0)
+    since_F = jnp.where(fired_F, 0, state["steps_since_fired_F"] + 1)
+    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
+                 "steps_since_fired_F": since_F}
+
+    metrics = model.batch_metrics(x_BD, aux["xhat_BD"], f_BF)
+    # The variant's penalty terms; "l1" is then the penalty (the L1 of f·‖W_dec‖) where it has one.
+    metrics.update({k: v for k, v in aux.items() if k not in ("f_BF", "xhat_BD")})
+    metrics.update(loss=loss, lr=hp_t["lr"], l1_coef=hp_t["l1_coef"], grad_norm=grad_norm,
+                   dead_fraction=jnp.mean((since_F >= cfg.dead_steps).astype(jnp.float32)))
+    if cfg.variant == "topk":
+        metrics["k"] = hp_t["k"]
+    elif cfg.variant == "jl":
+        metrics["jl_coef"] = hp_t["jl_coef"]
+    elif cfg.variant == "jumprelu":
+        metrics["l0_coef"] = hp_t["l0_coef"]
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def _zero_feature_rows(tree: Params, dead_F: jax.Array) -> Params:
+    """Zeros the entries of encoder column, encoder bias and decoder row of each dead feature."""
+    out = dict(tree)
+    out["w_enc_DF"] = jnp.where(dead_F[None], 0.0, tree["w_enc_DF"])
+    out["b_enc_F"] = jnp.where(dead_F, 0.0, tree["b_enc_F"])
+    out["w_dec_FD"] = jnp.where(dead_F[:, None], 0.0, tree["w_dec_FD"])
+    return out
+
+
+def _reset_adam_moments(opt_state, dead_F: jax.Array):
+    """Adam's mu and nu set to 0 for every modified weight and bias entry."""
+    return tuple(
+        s._replace(mu=_zero_feature_rows(s.mu, dead_F), nu=_zero_feature_rows(s.nu, dead_F))
+        if isinstance(s, optax.ScaleByAdamState) else s
+        for s in opt_state
+    )
+
+
+def resample_dead(state: State, x_ND: jax.Array, key: jax.Array, hp: HParams | None = None,
+                  *, cfg: SAEConfig) -> State:
+    """Towards Monosemanticity's neuron resampling of the dead features, on candidates x_ND."""
+    # The paper's recipe: sample inputs with probability ∝ (the SAE's loss on them)²; each dead
+    # feature's dictionary vector becomes its sampled input at unit norm (the raw input, no
+    # b_dec subtracted), its encoder vector that input scaled to 0.2 × the mean encoder norm of
+    # the alive features, its encoder bias 0; Adam's state for those entries is reset.
+    params = state["params"]
+    dead_F = state["steps_since_fired_F"] >= cfg.dead_steps
+    x_ND = x_ND.astype(jnp.float32)
+    xhat_ND = model.decode(params, model.encode(cfg, params, x_ND, hp))
+    sq_err_N = jnp.sum(jnp.square(x_ND - xhat_ND), axis=1)  # the per-input loss (reconstruction)
+    # Distinct samples ∝ sq_err² without replacement (Gumbel-top-m); the r-th dead feature takes
+    # the r-th sample, wrapping around if more features are dead than there are candidates.
+    num_n, num_f = x_ND.shape[0], cfg.d_sae
+    num_m = min(num_f, num_n)
+    logits_N = 2.0 * jnp.log(jnp.maximum(sq_err_N, 1e-30))
+    _, pick_M = jax.lax.top_k(logits_N + jax.random.gumbel(key, (num_n,), jnp.float32), num_m)
+    rank_F = jnp.cumsum(dead_F.astype(jnp.int32)) - 1
+    x_FD = x_ND[pick_M[jnp.maximum(rank_F, 0) % num_m]]
+    dir_FD = x_FD / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x_FD), axis=1)), 1e-30)[:, None]
+
+    enc_norm_F = jnp.sqrt(jnp.sum(jnp.square(params["w_enc_DF"]), axis=0))
+    alive_F = ~dead_F
+    num_alive = jnp.sum(alive_F)
+    alive_norm = jnp.where(  # all dead: fall back to the mean over all features
+        num_alive > 0,
+        jnp.sum(jnp.where(alive_F, enc_norm_F, 0.0)) / jnp.maximum(num_alive, 1),
+        jnp.mean(enc_norm_F),
+    )
+    new_params = dict(params)
+    new_params["w_dec_FD"] = jnp.where(dead_F[:, None], dir_FD, params["w_dec_FD"])
+    new_params["w_enc_DF"] = jnp.where(dead_F[None], (0.2 * alive_norm * dir_FD).T,
+                                       params["w_enc_DF"])
+    new_params["b_enc_F"] = jnp.where(dead_F, 0.0, params["b_enc_F"])
+    return {
+        **state,
+        "params": new_params,
+        "opt_state": _reset_adam_moments(state["opt_state"], dead_F),
+        "steps_since_fired_F": jnp.where(dead_F, 0, state["steps_since_fired_F"]),
+    }

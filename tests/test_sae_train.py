@@ -1,0 +1,250 @@
+"""SAE training runs and sweeps: summaries, resume after SIGKILL, NaN handling, bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from configs.sae import default as sae_default
+from monosem_jax import checkpoint
+from monosem_jax.activations import reader as reader_lib
+from monosem_jax.activations import store
+from monosem_jax.sae import step as sae_step
+from monosem_jax.sae import sweep as sae_sweep
+from monosem_jax.sae import train as sae_train
+
+HOOK = "blocks.0.hook_resid_post"
+D, ROWS, SHARD = 16, 12288, 1024
+
+
+def _write_store(root, nan_block=None):
+    """Sparse non-negative combinations of 64 directions; optionally one block is then
+    overwritten with NaN in place (as a corrupted disk would), behind the writer's checks."""
+    rng = np.random.default_rng(0)
+    dirs = rng.standard_normal((64, D)).astype(np.float32)
+    codes = rng.exponential(1.0, (ROWS, 64)) * (rng.random((ROWS, 64)) < 0.06)
+    x = (codes @ dirs).astype(np.float32)
+    spec = store.StoreSpec(store.kvstore_for(root), HOOK, D, "float32", SHARD)
+    writer = store.StoreWriter(spec, {"test": True})
+    zeros = np.zeros(ROWS, np.int32)
+    writer.append(x, zeros, zeros, zeros)
+    writer.finalize()
+    if nan_block is not None:
+        acts = ts.open(
+            {"driver": "zarr3", "kvstore": store.join(spec.kvstore, f"{HOOK}/acts/")},
+            context=store.shared_context(),
+        ).result()
+        acts[nan_block * SHARD : (nan_block + 1) * SHARD].write(
+            np.full((SHARD, D), np.nan, np.float32)
+        ).result()
+    return root
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    return _write_store(str(tmp_path_factory.mktemp("store") / "acts"))
+
+
+def _config(root, **overrides):
+    config = sae_default.get_config("smoke")
+    config.store = root
+    config.d_sae = 64
+    config.batch_size = 128
+    config.eval_rows = 2048
+    config.update(overrides)
+    return config
+
+
+def test_train_writes_held_out_summary(store_root, tmp_path):
+    summary = sae_train.train_sae(_config(store_root, steps=60), str(tmp_path))
+    for key in (
+        "variant",
+        "d_sae",
+        "steps",
+        "tokens",
+        "mse",
+        "nmse",
+        "explained_variance",
+        "l0",
+        "dead_fraction",
+        "dense_fraction",
+        "tokens_per_s",
+        "wall_s",
+    ):
+        assert key in summary, key
+    assert summary["variant"] == "anthropic_2024" and summary["tokens"] == 60 * 128
+    assert summary["eval_rows"] == 2048 and 0 < summary["explained_variance"] < 1
+    run_dir = tmp_path / "sae" / "anthropic_2024"
+    assert np.load(run_dir / "feature_density.npy").shape == (64,)
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    # A rerun of a finished run is a no-op returning the same summary.
+    assert sae_train.train_sae(_config(store_root, steps=60), str(tmp_path)) == summary
+
+
+@pytest.mark.parametrize("variant", ["topk", "towards_2023", "jl", "jumprelu"])
+def test_every_variant_trains(store_root, tmp_path, variant):
+    config = _config(store_root, steps=30, variant=variant, resample_steps="15", dead_steps=5)
+    summary = sae_train.train_sae(config, str(tmp_path))
+    assert summary["variant"] == variant and np.isfinite(summary["mse"])
+    if variant == "topk":
+        assert summary["l0"] <= 8
+
+
+def test_held_out_rows_are_never_trained_on(store_root):
+    st = store.open_store(store.kvstore_for(store_root), HOOK)
+    config = _config(store_root)
+    reader = reader_lib.ActivationReader(st, sae_train._reader_config(config, 0))
+    seen = np.concatenate([reader.batch_indices(s) for s in range(reader.steps_per_epoch)])
+    assert seen.max() < ROWS - config.eval_rows
+    reader.close()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(variant="topk", k=100), "k"),
+        (dict(l1_coef=-1.0), "l1_coef"),
+        (dict(d_sae=0), "d_sae"),
+        (dict(variant="relu9"), "variant"),
+        (dict(steps=0), "steps"),
+    ],
+)
+def test_invalid_hyperparameters_are_clear_errors(store_root, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        sae_train.train_sae(_config(store_root, **override), str(tmp_path))
+    assert not os.path.exists(tmp_path / "sae")  # nothing written for a rejected config
+
+
+def _cmd(root, workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "monosem_jax.sae.main",
+        f"--workdir={workdir}",
+        f"--config={os.path.dirname(sae_default.__file__)}/default.py:smoke",
+        f"--config.store={root}",
+        "--config.d_sae=256",
+        "--config.batch_size=512",
+        "--config.eval_rows=2048",
+        *extra,
+    ]
+
+
+def test_cli_bad_variant_exits_with_one_line(store_root, tmp_path):
+    out = subprocess.run(
+        _cmd(store_root, tmp_path, "--config.variant=nope"),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "variant" in out.stderr.strip().splitlines()[-1]
+
+
+def test_kill_and_resume_matches_uninterrupted(store_root, tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    extra = ("--config.steps=1500", "--config.checkpoint_every=100", "--config.log_every=100")
+    ref = subprocess.run(
+        _cmd(store_root, tmp_path / "ref", *extra), capture_output=True, text=True, env=env
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref_summary = json.loads(ref.stdout.strip().splitlines()[-1])
+
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cmd(store_root, workdir, *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    ckpts = workdir / "sae" / "anthropic_2024" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 300 for p in ckpts.iterdir()):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run(_cmd(store_root, workdir, *extra), capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming SAE anthropic_2024 from checkpoint at step" in out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0 < summary["resumed_from_step"] < 1500
+    for key in ("mse", "explained_variance", "l0", "dead_fraction"):
+        np.testing.assert_allclose(summary[key], ref_summary[key], rtol=1e-4, atol=1e-6)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(store_root, tmp_path):
+    config = _config(store_root, steps=200, checkpoint_every=10)
+    # The data order does not depend on the values: find the block the reader reaches last.
+    st = store.open_store(store.kvstore_for(store_root), HOOK)
+    reader = reader_lib.ActivationReader(st, sae_train._reader_config(config, config.seed))
+    first_seen = {}
+    for s in range(reader.steps_per_epoch):
+        for block in np.unique(reader.batch_indices(s) // SHARD):
+            first_seen.setdefault(int(block), s)
+    reader.close()
+    bad_block = max(first_seen, key=first_seen.get)
+    first_bad = first_seen[bad_block]
+    assert first_bad > 10, "the fixture needs a good checkpoint before the bad batch"
+    config.store = _write_store(str(tmp_path / "nan_acts"), nan_block=bad_block)
+    with pytest.raises(FloatingPointError, match=f"loss is nan at step {first_bad}"):
+        sae_train.train_sae(config, str(tmp_path))
+    ckpt = checkpoint.Checkpointer(
+        tmp_path / "sae" / "anthropic_2024" / "checkpoints", save_every=10
+    )
+    last = ckpt.latest_step()
+    assert last is not None and last <= first_bad
+    spec = sae_train.run_spec(config, str(tmp_path), D)
+    abstract = checkpoint.abstract_like(sae_step.init_state(spec.sae_cfg, jax.random.key(0)))
+    state, _ = ckpt.restore(abstract)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+    ckpt.close()
+    assert not os.path.exists(tmp_path / "sae" / "anthropic_2024" / "summary.json")
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "map", "loop"])
+def test_sweep_compiles_once_and_members_match_single_runs(store_root, tmp_path, strategy):
+    grid = "l1_coef=1,4 seed=0,1"
+    config = _config(store_root, steps=30)
+    config.sweep.grid = grid
+    config.sweep.strategy = strategy
+    summary = sae_sweep.sweep(config, str(tmp_path), wrap_step=chex.assert_max_traces(n=1))
+    assert summary["members"] == 4 and summary["strategy"] == strategy
+    table = list(csv.DictReader(open(tmp_path / "sweep" / "sweep" / "table.csv")))
+    assert [(float(r["l1_coef"]), int(r["seed"])) for r in table] == [
+        (1.0, 0),
+        (1.0, 1),
+        (4.0, 0),
+        (4.0, 1),
+    ]
+    assert (tmp_path / "sweep" / "sweep" / "frontier.png").stat().st_size > 1000
+    # Member 3 (l1_coef=4, seed=1) equals the same configuration trained alone with the
+    # sweep's data order (data_seed = the sweep's seed).
+    alone = sae_train.train_sae(
+        _config(store_root, steps=30, l1_coef=4.0, seed=1, data_seed=0, name="alone"), str(tmp_path)
+    )
+    member = json.load(open(tmp_path / "sae" / "sweep_3" / "summary.json"))
+    for key in ("mse", "explained_variance", "l0"):
+        np.testing.assert_allclose(member[key], alone[key], rtol=2e-3)
+    assert (tmp_path / "sae" / "sweep_3" / "checkpoints" / "30").is_dir()
+
+
+def test_bad_sweep_grids_are_clear_errors():
+    with pytest.raises(ValueError, match="bad sweep axis"):
+        sae_sweep.parse_grid("d_sae=1,2")
+    with pytest.raises(ValueError, match="empty"):
+        sae_sweep.parse_grid("  ")
+    assert sae_sweep.parse_grid("lr=1e-3 k=4,8") == [{"lr": 1e-3, "k": 4}, {"lr": 1e-3, "k": 8}]
