@@ -285,3 +285,56 @@ class _Progress:
             "tokens_per_s": tokens_per_s,
             "train_loss": float(self.last.get("loss", float("nan"))),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedSAE:
+    """A finished SAE run, ready for analysis."""
+
+    name: str
+    sae_cfg: sae_model.SAEConfig
+    params: dict
+    hparams: dict  # device hyper-parameters at the end of the schedule (e.g. the final k)
+    hook: str
+    norm_scale: float  # SAE inputs are hook activations x norm_scale (E||x|| = sqrt(d))
+    step: int
+
+
+def load_sae(workdir: str, name: str) -> TrainedSAE:
+    """Loads `W/sae/<name>` (its config and latest checkpoint) and its store's norm scale."""
+    run_dir = os.path.join(workdir, "sae", name)
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        runs = (
+            sorted(os.listdir(os.path.join(workdir, "sae")))
+            if os.path.isdir(os.path.join(workdir, "sae"))
+            else []
+        )
+        raise FileNotFoundError(
+            f"no SAE run '{name}' in {workdir}/sae (found: {', '.join(runs) or 'none'}); "
+            "train one with monosem-train-sae"
+        )
+    recorded = metrics_io.read_json(config_path)
+    sae_cfg = sae_model.SAEConfig(**recorded["sae_config"])
+    ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=1)
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"SAE run {run_dir} has no checkpoint; train it first")
+    abstract = jax.eval_shape(lambda: sae_step.init_state(sae_cfg, jax.random.key(0)))
+    state, _ = ckpt.restore(
+        checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+        step,
+    )
+    ckpt.close()
+    hp = sae_step.default_hparams(sae_cfg, **_typed(recorded["hparams"]))
+    config = recorded["sae"]
+    st = open_training_store(ml_collections.ConfigDict(config), workdir)
+    return TrainedSAE(
+        name=name,
+        sae_cfg=sae_cfg,
+        params=state["params"],
+        hparams=sae_step.scheduled(hp, int(recorded["hparams"]["total_steps"])),
+        hook=config["hook"],
+        norm_scale=st.norm_scale,
+        step=step,
+    )

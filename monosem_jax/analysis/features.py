@@ -1,0 +1,89 @@
+"""SAE features on the LM's own contexts: the splice, and feature activations per token.
+
+The SAE sees hook activations scaled by the store's `norm_scale` (E||x|| = sqrt(d)); splicing
+maps back: x -> decode(encode(x * c)) / c. Reported activations are `feature_acts` (decoder norms
+folded in for anthropic_2024). Contexts are the consecutive `context_len` windows of a split's
+packed token stream, as in capture, so token t of window w is global index w * L + t.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from monosem_jax.corpus import dataset
+from monosem_jax.gpt import model as gpt_model
+from monosem_jax.sae import model as sae_model
+from monosem_jax.sae.train import TrainedSAE
+
+
+def windows(workdir: str, split: str, length: int, max_tokens: int = 0) -> np.ndarray:
+    """[W, L] int32: the split's consecutive context windows (capped at max_tokens if > 0)."""
+    tokens_N = dataset.load_split(os.path.join(workdir, "data"), split).tokens_N
+    count = tokens_N.shape[0] // length
+    if max_tokens:
+        count = min(count, max(1, max_tokens // length))
+    return np.asarray(tokens_N[: count * length], np.int32).reshape(count, length)
+
+
+def reconstruct(sae: TrainedSAE, x_BLD: jax.Array) -> jax.Array:
+    """The SAE's reconstruction of hook activations, in the hook's own units."""
+    x_ND = x_BLD.reshape(-1, x_BLD.shape[-1]).astype(jnp.float32) * sae.norm_scale
+    f_NF = sae_model.encode(sae.sae_cfg, sae.params, x_ND, sae.hparams)
+    xhat_ND = sae_model.decode(sae.params, f_NF) / sae.norm_scale
+    return xhat_ND.reshape(x_BLD.shape).astype(x_BLD.dtype)
+
+
+def feature_acts(sae: TrainedSAE, x_BLD: jax.Array) -> jax.Array:
+    """Reported feature activations [B, L, F] of hook activations."""
+    x_ND = x_BLD.reshape(-1, x_BLD.shape[-1]).astype(jnp.float32) * sae.norm_scale
+    f_NF = sae_model.feature_acts(sae.sae_cfg, sae.params, x_ND, sae.hparams)
+    return f_NF.reshape(*x_BLD.shape[:-1], -1)
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "hook", "sae_static"))
+def _acts_and_features(lm_params, sae_arrays, tokens_BL, model_cfg, hook, sae_static):
+    sae = sae_static.with_arrays(sae_arrays)
+    _, captured = gpt_model.forward(model_cfg, lm_params, tokens_BL, capture=[hook])
+    x_BLD = captured[hook]
+    return x_BLD, feature_acts(sae, x_BLD)
+
+
+class _StaticSAE:
+    """Hashable shell of a TrainedSAE (its arrays travel separately through jit)."""
+
+    def __init__(self, sae: TrainedSAE):
+        self.sae = sae
+
+    def with_arrays(self, arrays) -> TrainedSAE:
+        params, hparams = arrays
+        return TrainedSAE(**{**self.sae.__dict__, "params": params, "hparams": hparams})
+
+    def __hash__(self):
+        return hash((self.sae.name, self.sae.sae_cfg, self.sae.hook, self.sae.norm_scale))
+
+    def __eq__(self, other):
+        return isinstance(other, _StaticSAE) and hash(self) == hash(other)
+
+
+def iterate_features(
+    model_cfg, lm_params, sae: TrainedSAE, windows_WL: np.ndarray, batch_size: int = 16
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(first window index, tokens [B, L], hook acts [B, L, D], features [B, L, F]) per batch.
+
+    The last batch is padded to `batch_size` (one compiled shape) and trimmed before yielding.
+    """
+    static = _StaticSAE(sae)
+    arrays = (sae.params, sae.hparams)
+    for first in range(0, windows_WL.shape[0], batch_size):
+        tokens_BL = windows_WL[first : first + batch_size]
+        n = tokens_BL.shape[0]
+        if n < batch_size:
+            tokens_BL = np.concatenate([tokens_BL, np.repeat(tokens_BL[-1:], batch_size - n, 0)])
+        x_BLD, f_BLF = _acts_and_features(lm_params, arrays, tokens_BL, model_cfg, sae.hook, static)
+        yield first, tokens_BL[:n], np.asarray(x_BLD)[:n], np.asarray(f_BLF)[:n]
