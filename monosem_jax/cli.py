@@ -30,10 +30,12 @@ def define_flags(default_config_path: str) -> None:
 
 
 class _QuietLibraries:
-    """Drops INFO records of Orbax (a dozen lines per checkpoint); warnings still show."""
+    """Drops INFO records of Orbax (a dozen lines per checkpoint) and JAX's backend probing
+    ("Unable to initialize backend 'tpu'"); warnings still show."""
 
     def filter(self, record) -> bool:
-        return record.levelno >= 30 or "/orbax/" not in record.pathname
+        noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
+        return record.levelno >= 30 or not noisy
 
 
 def run(fn) -> None:

@@ -34,10 +34,7 @@ def _write_store(root, nan_block=None):
     codes = rng.exponential(1.0, (ROWS, 64)) * (rng.random((ROWS, 64)) < 0.06)
     x = (codes @ dirs).astype(np.float32)
     spec = store.StoreSpec(store.kvstore_for(root), HOOK, D, "float32", SHARD)
-    writer = store.StoreWriter(spec, {"test": True})
-    zeros = np.zeros(ROWS, np.int32)
-    writer.append(x, zeros, zeros, zeros)
-    writer.finalize()
+    store.write_array(spec, x, {"test": True})
     if nan_block is not None:
         acts = ts.open(
             {"driver": "zarr3", "kvstore": store.join(spec.kvstore, f"{HOOK}/acts/")},

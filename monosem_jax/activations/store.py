@@ -455,3 +455,14 @@ def open_store(
 def is_complete(root: str | os.PathLike | dict, hook: str) -> bool:
     """Whether `<root>/<hook>/COMPLETE` exists (the capture finished)."""
     return _read_json(_kv(_hook_dir(root, hook)), COMPLETE_KEY) is not None
+
+
+def write_array(spec: StoreSpec, acts_RD: np.ndarray, attributes: dict | None = None) -> Store:
+    """Writes an in-memory array as a complete store (no token provenance: metadata are -1)."""
+    writer = StoreWriter(spec, dict(attributes or {}))
+    for start in range(0, acts_RD.shape[0], spec.rows_per_shard):
+        block_RD = acts_RD[start : start + spec.rows_per_shard]
+        unknown_R = np.full(block_RD.shape[0], -1, np.int32)
+        writer.append(block_RD, unknown_R, unknown_R, unknown_R)
+    writer.finalize()
+    return open_store(spec.kvstore, spec.hook)
