@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import checkpoint, metrics_io
+from monosem_jax import checkpoint, metrics_io, parallel
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store as store_lib
 from monosem_jax.sae import metrics as sae_metrics
@@ -321,9 +321,9 @@ def load_sae(workdir: str, name: str) -> TrainedSAE:
     if step is None:
         raise FileNotFoundError(f"SAE run {run_dir} has no checkpoint; train it first")
     abstract = jax.eval_shape(lambda: sae_step.init_state(sae_cfg, jax.random.key(0)))
+    # Replicated over this process's mesh, like the LM from gpt.train.load_trained.
     state, _ = ckpt.restore(
-        checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-        step,
+        checkpoint.with_sharding(abstract, parallel.replicated(parallel.make_mesh())), step
     )
     ckpt.close()
     hp = sae_step.default_hparams(sae_cfg, **_typed(recorded["hparams"]))

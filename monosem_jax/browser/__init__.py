@@ -1,0 +1,1 @@
+"""Static HTML feature browser of an SAE run (W/browser; opens from disk, no server)."""
