@@ -72,3 +72,43 @@ class MetricsWriter:
 def format_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class LaggedMetrics:
+    """Fetches each step's on-device metrics only after the next step is dispatched.
+
+    The device runs one step ahead of the host: `dispatched(step, metrics)` hands the previous
+    step's metrics (now computed) to `report(step, host_metrics, steps_per_s, eta)`. Timing starts
+    after the first step, which includes compilation.
+    """
+
+    def __init__(self, total_steps: int, report):
+        self.total_steps, self.report = total_steps, report
+        self.pending = None
+        self.timed_from, self.timed_steps, self.elapsed = None, 0, 0.0
+
+    @property
+    def steps_per_s(self) -> float:
+        elapsed = time.time() - self.timed_from if self.timed_from else 0.0
+        return self.timed_steps / elapsed if elapsed > 0 else 0.0
+
+    def dispatched(self, step: int, metrics) -> None:
+        if self.pending is not None:
+            self._report(*self.pending)
+        self.pending = (step, metrics)
+        if self.timed_from is None:
+            jax.block_until_ready(metrics)
+            self.timed_from = time.time()
+        else:
+            self.timed_steps += 1
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self._report(*self.pending)
+            self.pending = None
+        self.elapsed = time.time() - self.timed_from if self.timed_from else 0.0
+
+    def _report(self, step: int, metrics) -> None:
+        rate = self.steps_per_s
+        eta = format_eta((self.total_steps - step - 1) / rate) if rate > 0 else "?"
+        self.report(step, jax.device_get(metrics), rate, eta)

@@ -259,8 +259,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = compile_train_step(model_cfg, cfg)
     tokens_per_step = cfg.batch_size * length
 
-    pending = None  # (step, metrics) of the step in flight: fetched after the next dispatch
-    timed_steps, timed_since, last_loss = 0, None, float("nan")
+    last = {"loss": float("nan")}
+
+    def report(step, metrics, steps_per_s, eta):
+        _check_finite(step, metrics)
+        last["loss"] = float(metrics["loss"])
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            logging.info(
+                "step %d/%d loss %.4f grad_norm %.3f lr %.2e | %.0f tok/s | eta %s",
+                done,
+                cfg.steps,
+                metrics["loss"],
+                metrics["grad_norm"],
+                metrics["lr"],
+                steps_per_s * tokens_per_step,
+                eta,
+            )
+            writer.write(done, tokens_per_s=steps_per_s * tokens_per_step, **metrics)
+
+    lagged = metrics_io.LaggedMetrics(cfg.steps, report)
     for step in range(start_step, cfg.steps):
         batch = data.train_batch(
             train_split.tokens_N,
@@ -270,14 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             length=length,
         )
         state, metrics = step_fn(state, parallel.global_batch(mesh, batch))
-        if pending is not None:
-            last_loss = _log_step(*pending, writer, cfg, timed_steps, timed_since, tokens_per_step)
-        pending = (step, metrics)
-        if timed_since is None:  # the first step compiles: time from its end
-            jax.block_until_ready(metrics)
-            timed_since = time.time()
-        else:
-            timed_steps += 1
+        lagged.dispatched(step, metrics)
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             _check_finite(step, jax.device_get(metrics))  # never checkpoint a NaN state
@@ -286,10 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             eval_loss = evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size, mesh)
             logging.info("step %d eval_loss %.4f", done, eval_loss)
             writer.write(done, eval_loss=eval_loss)
-    if pending is not None:
-        last_loss = _log_step(*pending, writer, cfg, timed_steps, timed_since, tokens_per_step)
+    lagged.flush()
     ckpt.close()
-    train_s = time.time() - timed_since if timed_since else 0.0
 
     eval_loss = evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size, mesh)
     writer.write(cfg.steps, eval_loss=eval_loss)
@@ -303,35 +312,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "steps": cfg.steps,
         "resumed_from_step": start_step,
         "tokens": cfg.steps * tokens_per_step,
-        "train_loss": last_loss,
+        "train_loss": last["loss"],
         "eval_loss": eval_loss,
         "eval_tokens": int(eval_WL1.shape[0] * length),
         "unigram_entropy": dataset.unigram_entropy(eval_split.tokens_N, meta["vocab_size"]),
-        "tokens_per_s": timed_steps * tokens_per_step / train_s if train_s > 0 else 0.0,
+        "tokens_per_s": lagged.timed_steps * tokens_per_step / lagged.elapsed
+        if lagged.elapsed > 0
+        else 0.0,
         "wall_s": time.time() - t_start,
     }
     summary["eval_over_unigram"] = summary["eval_loss"] / summary["unigram_entropy"]
     return metrics_io.finish_summary(summary_path, summary)
-
-
-def _log_step(step, metrics, writer, cfg, timed_steps, timed_since, tokens_per_step) -> float:
-    """Fetches one step's metrics (already computed), checks them, logs and prints progress."""
-    metrics = jax.device_get(metrics)
-    _check_finite(step, metrics)
-    done = step + 1
-    if done % cfg.log_every == 0 or done == cfg.steps:
-        elapsed = time.time() - timed_since if timed_since else 0.0
-        rate = timed_steps / elapsed if elapsed > 0 else 0.0
-        eta = (cfg.steps - done) / rate if rate > 0 else float("nan")
-        logging.info(
-            "step %d/%d loss %.4f grad_norm %.3f lr %.2e | %.0f tok/s | eta %s",
-            done,
-            cfg.steps,
-            metrics["loss"],
-            metrics["grad_norm"],
-            metrics["lr"],
-            rate * tokens_per_step,
-            metrics_io.format_eta(eta) if rate > 0 else "?",
-        )
-        writer.write(done, tokens_per_s=rate * tokens_per_step, **metrics)
-    return float(metrics["loss"])

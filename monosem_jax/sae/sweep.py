@@ -134,8 +134,11 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, wrap_step=None) ->
     )
     writer = metrics_io.MetricsWriter(os.path.join(sweep_dir, "metrics.jsonl"), start)
 
+    def report(step, metrics, steps_per_s, eta):
+        _log_members(step, metrics, specs, config, writer, steps_per_s, eta)
+
+    lagged = metrics_io.LaggedMetrics(config.steps, report)
     batches = reader.iterate(start, device_put=True)
-    pending, timed_from, timed_steps = None, None, 0
     try:
         for step in range(start, config.steps):
             x_BD = next(batches)
@@ -145,26 +148,18 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, wrap_step=None) ->
                 )
                 states = resample_fn(states, x_BD, keys, hps)
             states, metrics = step_fn(states, x_BD, hps)
-            if pending is not None:
-                _log_members(pending, specs, config, writer, timed_from, timed_steps)
-            pending = (step, metrics)
-            if timed_from is None:
-                jax.block_until_ready(metrics)
-                timed_from = time.time()
-            else:
-                timed_steps += 1
+            lagged.dispatched(step, metrics)
             done = step + 1
             if done % config.checkpoint_every == 0 or done == config.steps:
                 _check_members(specs, step, jax.device_get(metrics))
                 ckpt.save(done, states, {"step": done, "members": len(specs)}, force=True)
-        if pending is not None:
-            _log_members(pending, specs, config, writer, timed_from, timed_steps)
+        lagged.flush()
     finally:
         batches.close()
         ckpt.close()
         reader.close()
-    elapsed = time.time() - timed_from if timed_from else 0.0
-    tokens_per_s = timed_steps * config.batch_size / elapsed if elapsed else 0.0
+    rate = lagged.timed_steps / lagged.elapsed if lagged.elapsed else 0.0
+    tokens_per_s = rate * config.batch_size
 
     rows = []
     for i, spec in enumerate(specs):
@@ -211,16 +206,11 @@ def _check_members(specs, step, metrics) -> None:
         sae_train.check_finite(spec.name, step, {"loss": np.asarray(metrics["loss"])[i]})
 
 
-def _log_members(pending, specs, config, writer, timed_from, timed_steps) -> None:
-    step, metrics = pending
-    metrics = jax.device_get(metrics)
+def _log_members(step, metrics, specs, config, writer, steps_per_s, eta) -> None:
     _check_members(specs, step, metrics)
     done = step + 1
     if done % config.log_every and done != config.steps:
         return
-    elapsed = time.time() - timed_from if timed_from else 0.0
-    rate = timed_steps / elapsed if elapsed > 0 else 0.0
-    eta = metrics_io.format_eta((config.steps - done) / rate) if rate else "?"
     ev = np.asarray(metrics["explained_variance"])
     l0 = np.asarray(metrics["l0"])
     logging.info(
@@ -231,7 +221,7 @@ def _log_members(pending, specs, config, writer, timed_from, timed_steps) -> Non
         ev.max(),
         l0.min(),
         l0.max(),
-        rate * config.batch_size,
+        steps_per_s * config.batch_size,
         eta,
     )
     for i, spec in enumerate(specs):

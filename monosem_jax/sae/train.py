@@ -229,40 +229,20 @@ def _reader_config(config, seed: int) -> reader_lib.ReaderConfig:
 
 
 class _Progress:
-    """Fetches each step's metrics one step late (the device runs ahead), logs and times."""
+    """Checks, logs and times one run's metrics, fetched one step late (see LaggedMetrics)."""
 
     def __init__(self, spec: RunSpec, log_every: int, writer, start: int):
-        self.spec, self.log_every, self.writer = spec, log_every, writer
-        self.pending = None
-        self.timed_from, self.timed_steps, self.start = None, 0, start
+        self.spec, self.log_every, self.writer, self.start = spec, log_every, writer, start
         self.last = {}
+        self.lagged = metrics_io.LaggedMetrics(spec.steps, self._report)
+        self.dispatched, self.flush = self.lagged.dispatched, self.lagged.flush
 
-    def dispatched(self, step: int, metrics) -> None:
-        if self.pending is not None:
-            self._log(*self.pending)
-        self.pending = (step, metrics)
-        if self.timed_from is None:  # the first step compiles: time from its end
-            jax.block_until_ready(metrics)
-            self.timed_from = time.time()
-        else:
-            self.timed_steps += 1
-
-    def flush(self) -> None:
-        if self.pending is not None:
-            self._log(*self.pending)
-            self.pending = None
-        self.elapsed = time.time() - self.timed_from if self.timed_from else 0.0
-
-    def _log(self, step: int, metrics) -> None:
-        metrics = jax.device_get(metrics)
+    def _report(self, step: int, metrics: dict, steps_per_s: float, eta: str) -> None:
         check_finite(self.spec.name, step, metrics)
         self.last = metrics
         done = step + 1
         if done % self.log_every and done != self.spec.steps:
             return
-        elapsed = time.time() - self.timed_from if self.timed_from else 0.0
-        rate = self.timed_steps / elapsed if elapsed > 0 else 0.0
-        eta = metrics_io.format_eta((self.spec.steps - done) / rate) if rate else "?"
         logging.info(
             "sae %s step %d/%d loss %.4f mse %.4f ev %.3f l0 %.1f dead %.3f | %.0f tok/s | eta %s",
             self.spec.name,
@@ -273,16 +253,17 @@ class _Progress:
             metrics["explained_variance"],
             metrics["l0"],
             metrics["dead_fraction"],
-            rate * self.spec.batch_size,
+            steps_per_s * self.spec.batch_size,
             eta,
         )
-        self.writer.write(done, tokens_per_s=rate * self.spec.batch_size, **metrics)
+        self.writer.write(done, tokens_per_s=steps_per_s * self.spec.batch_size, **metrics)
 
     def summary(self) -> dict:
-        tokens_per_s = self.timed_steps * self.spec.batch_size / self.elapsed if self.elapsed else 0
+        lagged = self.lagged
+        rate = lagged.timed_steps / lagged.elapsed if lagged.elapsed else 0.0
         return {
             "resumed_from_step": self.start,
-            "tokens_per_s": tokens_per_s,
+            "tokens_per_s": rate * self.spec.batch_size,
             "train_loss": float(self.last.get("loss", float("nan"))),
         }
 
