@@ -22,6 +22,8 @@ from absl import logging
 
 from monosem_jax import cli, metrics_io
 from monosem_jax.activations import capture
+from monosem_jax.analysis import evaluate
+from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import prepare
 from monosem_jax.gpt import train as gpt_train
 from monosem_jax.sae import train as sae_train
@@ -46,11 +48,26 @@ def _sae_stage(config, workdir):
     return sae_train.train_sae(config.sae, workdir)
 
 
+def _eval_stage(config, workdir):
+    # monosem-eval alone always recomputes (about a minute); the pipeline skips a finished one.
+    path = os.path.join(workdir, "eval", f"{config.eval.sae_name}.json")
+    if os.path.exists(path):
+        logging.info("eval stage already finished (%s); nothing to do", path)
+        return metrics_io.finish_summary(path, metrics_io.read_json(path))
+    return evaluate.evaluate(config.eval, workdir)
+
+
+def _browse_stage(config, workdir):
+    return browser_write.browse(config.browse, workdir)
+
+
 STAGES = (
     Stage("corpus", ("corpus", "tokenizer"), prepare.prepare),
     Stage("lm", ("corpus", "tokenizer", "lm"), _lm_stage),
     Stage("acts", ("corpus", "tokenizer", "lm", "capture"), _capture_stage),
     Stage("sae", ("corpus", "tokenizer", "lm", "capture", "sae"), _sae_stage),
+    Stage("eval", ("corpus", "tokenizer", "lm", "capture", "sae", "eval"), _eval_stage),
+    Stage("browser", ("corpus", "tokenizer", "lm", "capture", "sae", "browse"), _browse_stage),
 )
 
 

@@ -1,4 +1,5 @@
-"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT -> activations -> SAE.
+"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT -> activations -> SAE -> eval
+-> feature browser.
 
 monosem-pipeline --workdir=W                                  (this config is the default)
 monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus instead)
@@ -7,7 +8,9 @@ monosem-pipeline --workdir=W --config=configs/pipeline/tiny.py:smoke   (seconds;
 
 import ml_collections
 
+from configs.browse import default as browse_default
 from configs.capture import default as capture_default
+from configs.eval import default as eval_default
 from configs.gpt import tiny as gpt_tiny
 from configs.sae import default as sae_default
 
@@ -36,6 +39,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.capture = capture_default.get_config(arg)
     config.sae = sae_default.get_config(arg)
+    config.eval = eval_default.get_config(arg)
+    config.browse = browse_default.get_config(arg)
 
     if arg == "smoke":
         config.corpus.num_stories = 400

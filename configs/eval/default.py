@@ -1,0 +1,35 @@
+"""Held-out evaluation of one SAE run: reconstruction, CE recovered, neurons, planted concepts.
+
+monosem-eval --workdir=W                    (after the SAE stage; evaluates W/sae/anthropic_2024)
+monosem-eval --workdir=W --config.sae_name=topk16 --config.max_tokens=131072
+monosem-eval --workdir=W --config=configs/eval/default.py:smoke         (seconds; for tests)
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.sae_name = "anthropic_2024"  # the run W/sae/<sae_name> (the pipeline's default run)
+    config.split = "eval"  # corpus split whose contexts are evaluated (held out from LM and SAE)
+    config.max_tokens = 65536  # tokens of that split used (whole context windows; 0 = all)
+    config.batch_size = 16  # contexts per forward pass (the last batch is padded and masked)
+    # Skip position 0 of each context everywhere (metrics, splice, CE), as capture does: it is
+    # the attention sink, an outlier the SAE never saw in training.
+    config.exclude_first = True
+
+    # Concept detection: a unit detects a concept where its activation exceeds a threshold.
+    # Each unit gets the thresholds at which it is positive on these fractions of a token sample
+    # (its quantiles); SAE features also get "> 0", neurons and residual dimensions also the
+    # mirrored rule "below" (they are signed). The best (unit, threshold) per concept is reported.
+    config.threshold_rates = "0.5,0.3,0.2,0.15,0.1,0.07,0.05,0.03,0.02,0.01,0.005,0.002"
+    config.threshold_sample_tokens = 8192  # tokens (strided over the windows) for the quantiles
+    config.recovered_f1 = 0.8  # a concept counts as recovered by a unit with F1 >= this
+
+    if arg == "smoke":
+        config.max_tokens = 2048
+        config.batch_size = 8
+        config.threshold_sample_tokens = 512
+    elif arg:
+        raise ValueError(f"unknown config arg {arg!r}; use '' or 'smoke'")
+    return config

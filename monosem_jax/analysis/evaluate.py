@@ -1,0 +1,354 @@
+"""Held-out evaluation of one SAE run through the model: the `monosem-eval` stage.
+
+On the eval split's context windows (never seen by the LM's or the SAE's training) one jitted
+step per batch runs the LM three times (clean, SAE spliced in at the hook, hook zero-ablated)
+and returns sums: reconstruction and sparsity, CE and KL, streamed correlations of features with
+the MLP neurons of the hook's block and with the hook's own dimensions, and per-threshold
+true-positive counts of every feature and every neuron against the planted concept labels. The
+host adds them up in float64, so memory does not grow with `max_tokens`: one batch, the
+[features, neurons + dims] cross-products, and the token sample (`threshold_sample_tokens`) that
+sets each unit's detection thresholds and correlation shift in a short first pass.
+
+Outputs, in `W/eval/`: `<name>.json` (the summary, also the last stdout line),
+`<name>_density.png` (feature density histogram) and `<name>_features.npz` (per-feature density
+and best neuron / residual correlations). A rerun recomputes everything (about a minute on CPU
+for the default pipeline, and deterministic) and overwrites these files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from monosem_jax import metrics_io, parallel
+from monosem_jax.analysis import features
+from monosem_jax.analysis import metrics as m
+from monosem_jax.corpus import dataset
+from monosem_jax.gpt import model as gpt_model
+from monosem_jax.gpt import train as gpt_train
+from monosem_jax.sae import model as sae_model
+from monosem_jax.sae import train as sae_train
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation's settings, validated (see configs/eval/default.py for each field)."""
+
+    sae_name: str
+    split: str = "eval"
+    max_tokens: int = 65536
+    batch_size: int = 16
+    exclude_first: bool = True
+    threshold_rates: tuple[float, ...] = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01,
+                                          0.005, 0.002)
+    threshold_sample_tokens: int = 8192
+    recovered_f1: float = 0.8
+
+    def __post_init__(self):
+        if not self.sae_name:
+            raise ValueError("eval.sae_name is empty; name the run in W/sae/ to evaluate")
+        if self.split not in dataset.SPLITS:
+            raise ValueError(f"eval.split must be one of {dataset.SPLITS}, got {self.split!r}")
+        for name in ("batch_size", "threshold_sample_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"eval.{name} must be positive, got {getattr(self, name)}")
+        if self.max_tokens < 0:
+            raise ValueError(f"eval.max_tokens must be >= 0 (0 = all), got {self.max_tokens}")
+        if not self.threshold_rates or not all(0 < r < 1 for r in self.threshold_rates):
+            raise ValueError(
+                f"eval.threshold_rates must be fractions in (0, 1), got {self.threshold_rates}"
+            )
+
+
+def eval_config_from(config: ml_collections.ConfigDict) -> EvalConfig:
+    """The frozen EvalConfig of a ConfigDict (one clear ValueError per bad value)."""
+    try:
+        rates = tuple(float(r) for r in str(config.threshold_rates).split(",") if r.strip())
+    except ValueError as e:
+        raise ValueError(
+            "eval.threshold_rates must be comma-separated fractions, "
+            f"got {config.threshold_rates!r}"
+        ) from e
+    return EvalConfig(
+        sae_name=config.sae_name,
+        split=config.split,
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        exclude_first=config.exclude_first,
+        threshold_rates=rates,
+        threshold_sample_tokens=config.threshold_sample_tokens,
+        recovered_f1=config.recovered_f1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalStatic:
+    """Hashable settings of the jitted batch functions."""
+
+    model_cfg: gpt_model.GPTConfig
+    sae_cfg: sae_model.SAEConfig
+    hook: str
+    mlp_hook: str
+    first: int  # first position evaluated in each context
+    with_concepts: bool
+
+
+def mlp_hook_of(hook: str) -> str:
+    """The MLP neurons (`hook_mlp_post`) of the block a hook belongs to."""
+    match = re.match(r"blocks\.(\d+)\.", hook)
+    if match is None:
+        raise ValueError(f"cannot tell the block of hook {hook!r}")
+    return f"blocks.{match.group(1)}.hook_mlp_post"
+
+
+def _encode(st: EvalStatic, lm_params, sae_arrays, tokens_BL, valid_B):
+    """Clean logits, hook acts [B, L, D], neurons [N, M], f [N, F], x̂ [B, L, D], mask [N]."""
+    sae_params, sae_hp, norm_scale = sae_arrays
+    logits_BLV, cap = gpt_model.forward(
+        st.model_cfg, lm_params, tokens_BL, capture=(st.hook, st.mlp_hook)
+    )
+    x_BLD = cap[st.hook].astype(jnp.float32)
+    neurons_NM = cap[st.mlp_hook].astype(jnp.float32).reshape(-1, st.model_cfg.d_mlp)
+    f_NF = sae_model.encode(st.sae_cfg, sae_params, x_BLD.reshape(-1, x_BLD.shape[-1]) * norm_scale,
+                            sae_hp)
+    xhat_BLD = (sae_model.decode(sae_params, f_NF) / norm_scale).reshape(x_BLD.shape)
+    length = tokens_BL.shape[1]
+    mask_BL = (jnp.arange(length) >= st.first)[None] & valid_B[:, None]
+    return logits_BLV, x_BLD, neurons_NM, f_NF, xhat_BLD, mask_BL
+
+
+@functools.partial(jax.jit, static_argnames="st")
+def _sample_units(lm_params, sae_arrays, tokens_BL, valid_B, st: EvalStatic):
+    """Reported features [N, F], units (neurons then hook dims) [N, M + D] and the mask [N]."""
+    _, x_BLD, neurons_NM, f_NF, _, mask_BL = _encode(st, lm_params, sae_arrays, tokens_BL, valid_B)
+    feats_NF = f_NF * sae_model.decoder_norms(sae_arrays[0])[None]
+    units_NU = jnp.concatenate([neurons_NM, x_BLD.reshape(-1, x_BLD.shape[-1])], axis=1)
+    return feats_NF, units_NU, mask_BL.reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames="st")
+def batch_sums(lm_params, sae_arrays, tokens_BL, valid_B, labels_BLC, aux, st: EvalStatic):
+    """Every streamed sum of one batch (see the module docstring).
+
+    sae_arrays = (params, hparams, norm_scale); valid_B masks padded contexts; aux holds the
+    correlation shifts and the detection thresholds (`_thresholds_and_shifts`).
+    """
+    logits_BLV, x_BLD, neurons_NM, f_NF, xhat_BLD, mask_BL = _encode(
+        st, lm_params, sae_arrays, tokens_BL, valid_B
+    )
+    sae_params, _, norm_scale = sae_arrays
+    splice_1L1 = (jnp.arange(tokens_BL.shape[1]) >= st.first)[None, :, None]
+    spliced_BLV, _ = gpt_model.forward(
+        st.model_cfg, lm_params, tokens_BL,
+        intervene={st.hook: lambda v: jnp.where(splice_1L1, xhat_BLD.astype(v.dtype), v)},
+    )
+    zeroed_BLV, _ = gpt_model.forward(
+        st.model_cfg, lm_params, tokens_BL,
+        intervene={st.hook: lambda v: jnp.where(splice_1L1, jnp.zeros_like(v), v)},
+    )
+    # Position t predicts token t + 1: score the predictions made from evaluated positions.
+    pred_BL, targets_BL = mask_BL[:, :-1], tokens_BL[:, 1:]
+    sums = {
+        "ce_clean": m.ce_sum(logits_BLV[:, :-1], targets_BL, pred_BL),
+        "ce_spliced": m.ce_sum(spliced_BLV[:, :-1], targets_BL, pred_BL),
+        "ce_zero": m.ce_sum(zeroed_BLV[:, :-1], targets_BL, pred_BL),
+        "kl_spliced": m.kl_sum(logits_BLV[:, :-1], spliced_BLV[:, :-1], pred_BL),
+        "predictions": jnp.sum(pred_BL.astype(jnp.float32)),
+    }
+    mask_N = mask_BL.reshape(-1)
+    x_ND = x_BLD.reshape(-1, x_BLD.shape[-1])
+    # Reconstruction in SAE input units (as the SAE stage's summary reports mse).
+    err_ND = jnp.where(mask_N[:, None], (x_ND - xhat_BLD.reshape(x_ND.shape)) * norm_scale, 0.0)
+    xs_ND = jnp.where(mask_N[:, None], x_ND * norm_scale, 0.0)
+    fires_NF = (f_NF > 0) & mask_N[:, None]
+    sums.update(
+        sse=jnp.sum(err_ND**2),
+        sum_sq=jnp.sum(xs_ND**2),
+        sum_x_D=jnp.sum(xs_ND, axis=0),
+        active=jnp.sum(fires_NF.astype(jnp.float32)),
+        fires_F=jnp.sum(fires_NF.astype(jnp.float32), axis=0),
+    )
+    feats_NF = f_NF * sae_model.decoder_norms(sae_params)[None]
+    units_NU = jnp.concatenate([neurons_NM, x_ND], axis=1)
+    sums.update(m.corr_chunk(feats_NF, units_NU, aux["shift_F"], aux["shift_U"], mask_N))
+    if st.with_concepts:
+        labels_NC = labels_BLC.reshape(-1, labels_BLC.shape[-1])
+        feat = m.threshold_counts(feats_NF, aux["thresholds_FT"], labels_NC, mask_N)
+        # Neurons and hook dims are signed: unit u + U detects "below", as -a > -t.
+        signed_NS = jnp.concatenate([units_NU, -units_NU], axis=1)
+        unit = m.threshold_counts(signed_NS, aux["thresholds_ST"], labels_NC, mask_N)
+        sums.update(
+            feat_tp_FTC=feat["tp_UTC"], feat_pos_FT=feat["pos_UT"], label_C=feat["label_C"],
+            unit_tp_STC=unit["tp_UTC"], unit_pos_ST=unit["pos_UT"],
+        )
+    return sums
+
+
+def concept_bits(labels_BL: np.ndarray, num_concepts: int) -> np.ndarray:
+    """Bool [B, L, C] of uint32 concept bitmasks (bit c = concept c)."""
+    bits_C = np.arange(num_concepts, dtype=np.uint32)
+    return ((np.asarray(labels_BL, np.uint32)[..., None] >> bits_C[None, None]) & 1).astype(bool)
+
+
+def _batches(windows_WL: np.ndarray, labels_WL: np.ndarray, num_concepts: int, batch_size: int,
+             mesh):
+    """(tokens [B, L], valid [B], labels [B, L, C]) split over 'data'; the last batch padded."""
+    for first in range(0, windows_WL.shape[0], batch_size):
+        tokens_BL = windows_WL[first : first + batch_size]
+        labels_BL = labels_WL[first : first + batch_size]
+        n = tokens_BL.shape[0]
+        valid_B = np.arange(batch_size) < n
+        if n < batch_size:  # one compiled shape; padded rows are masked out of every sum
+            pad = batch_size - n
+            tokens_BL = np.concatenate([tokens_BL, np.repeat(tokens_BL[-1:], pad, 0)])
+            labels_BL = np.concatenate([labels_BL, np.repeat(labels_BL[-1:], pad, 0)])
+        batch = (tokens_BL, valid_B, concept_bits(labels_BL, num_concepts))
+        yield tuple(parallel.global_batch(mesh, x) for x in batch)
+
+
+def _thresholds_and_shifts(lm_params, sae_arrays, windows_WL, cfg: EvalConfig, st, mesh):
+    """Per-unit detection thresholds and correlation shifts from a strided token sample."""
+    per_window = windows_WL.shape[1] - st.first
+    count = min(windows_WL.shape[0], -(-cfg.threshold_sample_tokens // per_window))
+    picked_W = np.unique(np.linspace(0, windows_WL.shape[0] - 1, count).round().astype(int))
+    feats, units = [], []
+    no_labels_WL = np.zeros(picked_W.shape + windows_WL.shape[1:], np.uint32)
+    for tokens_BL, valid_B, _ in _batches(windows_WL[picked_W], no_labels_WL, 1, cfg.batch_size,
+                                          mesh):
+        feats_NF, units_NU, mask_N = jax.device_get(
+            _sample_units(lm_params, sae_arrays, tokens_BL, valid_B, st)
+        )
+        feats.append(feats_NF[mask_N])
+        units.append(units_NU[mask_N])
+    feats_NF, units_NU = np.concatenate(feats), np.concatenate(units)
+    rates = cfg.threshold_rates
+    # Features: "> 0" (fires) plus quantiles of their non-zero values.
+    q_FR = m.positive_quantile_thresholds(feats_NF, rates)
+    thresholds_FT = np.concatenate([np.zeros((q_FR.shape[0], 1), np.float32), q_FR], axis=1)
+    thresholds_ST = m.quantile_thresholds(np.concatenate([units_NU, -units_NU], axis=1), rates)
+    return {
+        "thresholds_FT": thresholds_FT,
+        "thresholds_ST": thresholds_ST,
+        "shift_F": feats_NF.mean(0),
+        "shift_U": units_NU.mean(0),
+    }
+
+
+def _no_concepts(unlabelled: bool) -> dict:
+    """Concept fields of a corpus without planted-concept labels: null, with the reason."""
+    reason = "the corpus has no concept labels" if unlabelled else "the corpus names no concepts"
+    return {
+        "concept_f1": None,
+        "concept_f1_neuron": None,
+        "concepts_recovered_fraction": None,
+        "concepts_recovered_fraction_neuron": None,
+        "concept_table": None,
+        "concept_note": f"{reason} (e.g. real text); concept recovery skipped",
+    }
+
+
+def density_plot(path: str, density_F: np.ndarray, title: str) -> None:
+    """Histogram of log10 firing frequency of the live features; dead ones counted in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the figure only goes to a file
+    import matplotlib.pyplot as plt
+
+    live_F = density_F[density_F > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if live_F.size:
+        ax.hist(np.log10(live_F), bins=50, color="tab:blue")
+    ax.axvline(np.log10(m.DENSE_THRESHOLD), color="tab:red", ls="--", lw=1, label="dense (10%)")
+    ax.set_xlabel("log10 activation frequency")
+    ax.set_ylabel("features")
+    dead = density_F.size - live_F.size
+    ax.set_title(f"{title}\n{live_F.size} live, {dead} dead of {density_F.size}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Evaluates W/sae/<config.sae_name> on held-out contexts and writes W/eval/<name>.json."""
+    t_start = time.time()
+    cfg = eval_config_from(config)
+    if jax.process_count() > 1:  # every process would walk the same windows: double counting
+        raise ValueError("monosem-eval runs as a single process; launch it on one host")
+    model_cfg, lm_params, lm_step = gpt_train.load_trained(workdir)
+    sae = sae_train.load_sae(workdir, cfg.sae_name)
+    data_dir = os.path.join(workdir, "data")
+    split = dataset.load_split(data_dir, cfg.split)
+    length = model_cfg.context_len
+    windows_WL = features.windows(workdir, cfg.split, length, cfg.max_tokens)
+    if windows_WL.shape[0] == 0:
+        raise ValueError(
+            f"the {cfg.split} split has fewer than context_len={length} tokens; nothing to evaluate"
+        )
+    first = 1 if cfg.exclude_first else 0
+    concepts = dataset.load_meta(data_dir).get("concepts") or []
+    with_concepts = split.labels_N is not None and bool(concepts)
+    if with_concepts:
+        labels_WL = np.asarray(split.labels_N[: windows_WL.size]).reshape(windows_WL.shape)
+    else:  # one dummy concept keeps the batch shapes; its counts are never computed
+        labels_WL = np.zeros(windows_WL.shape, np.uint32)
+    st = EvalStatic(model_cfg, sae.sae_cfg, sae.hook, mlp_hook_of(sae.hook), first, with_concepts)
+    # Contexts split over the mesh's devices, everything else replicated (one process).
+    mesh = parallel.make_mesh()
+    lm_params, sae_arrays = jax.device_put(
+        (lm_params, (sae.params, sae.hparams, jnp.float32(sae.norm_scale))),
+        parallel.replicated(mesh),
+    )
+
+    aux = _thresholds_and_shifts(lm_params, sae_arrays, windows_WL, cfg, st, mesh)
+    aux = jax.device_put(aux, parallel.replicated(mesh))
+    totals, t_loop, done = None, time.time(), 0
+    batches = _batches(windows_WL, labels_WL, len(concepts) if with_concepts else 1,
+                       cfg.batch_size, mesh)
+    for tokens_BL, valid_B, labels_BLC in batches:
+        sums = batch_sums(lm_params, sae_arrays, tokens_BL, valid_B, labels_BLC, aux, st)
+        totals = m.accumulate(totals, sums)
+        done = min(done + cfg.batch_size, windows_WL.shape[0])
+        if done % (8 * cfg.batch_size) == 0 or done == windows_WL.shape[0]:
+            rate = done * length / max(time.time() - t_loop, 1e-9)
+            logging.info("eval %s: %d/%d contexts | %.0f tok/s", sae.name, done,
+                         windows_WL.shape[0], rate)
+
+    out_dir = os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {
+        "sae_name": sae.name,
+        "variant": sae.sae_cfg.variant,
+        "hook": sae.hook,
+        "mlp_hook": st.mlp_hook,
+        "split": cfg.split,
+        "sae_step": sae.step,
+        "lm_step": lm_step,
+        "eval_contexts": int(windows_WL.shape[0]),
+        "exclude_first": cfg.exclude_first,
+    }
+    summary.update(m.sae_finish(totals))
+    summary.update(m.ce_finish(totals))
+    corr_summary, per_feature = m.neuron_finish(totals, model_cfg.d_mlp)
+    summary.update(corr_summary)
+    if with_concepts:
+        summary.update(m.concept_finish(totals, aux["thresholds_FT"], aux["thresholds_ST"],
+                                        concepts, model_cfg.d_mlp, cfg.recovered_f1))
+    else:
+        summary.update(_no_concepts(split.labels_N is None))
+    density_F = totals["fires_F"] / totals["n"]
+    png = os.path.join(out_dir, f"{sae.name}_density.png")
+    density_plot(png, density_F, f"{sae.name} @ {sae.hook}, {int(totals['n'])} eval tokens")
+    np.savez(os.path.join(out_dir, f"{sae.name}_features.npz"), density_F=density_F, **per_feature)
+    summary["density_png"] = png
+    summary["wall_s"] = time.time() - t_start
+    return metrics_io.finish_summary(os.path.join(out_dir, f"{sae.name}.json"), summary)
