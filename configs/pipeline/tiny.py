@@ -1,5 +1,5 @@
-"""The embedded default: generated concept corpus -> tokenizer -> tiny GPT -> activations -> SAE -> eval
--> feature browser.
+"""The embedded default, on a CPU: generated concept corpus -> tokenizer -> tiny GPT ->
+activations -> SAE -> eval -> feature browser.
 
 monosem-pipeline --workdir=W                                  (this config is the default)
 monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus instead)
