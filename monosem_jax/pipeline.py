@@ -3,8 +3,8 @@
   monosem-pipeline --workdir=W                                  (the embedded default corpus)
   monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus)
 
-Each stage records the config sections it was run with in `W/<stage>/config.json`; rerunning
-with different values for those sections is refused (use a fresh --workdir) so one work
+Each stage records the config sections it was run with in `W/pipeline/<stage>.json`;
+rerunning with different values for those sections is refused (use a fresh --workdir) so one work
 directory never mixes two experiments. A finished stage (its summary.json exists) is skipped;
 an unfinished one resumes from its checkpoints.
 """
@@ -77,7 +77,7 @@ def _sections_json(config: ml_collections.ConfigDict, sections) -> dict:
 
 def check_stage_config(config, workdir: str, stage: Stage) -> None:
     """Records the stage's config on first run; refuses a rerun with different values."""
-    path = os.path.join(workdir, stage.name, "config.json")
+    path = os.path.join(workdir, "pipeline", f"{stage.name}.json")
     wanted = _sections_json(config, stage.sections)
     if os.path.exists(path):
         recorded = metrics_io.read_json(path)

@@ -56,12 +56,12 @@ def test_changed_config_on_a_finished_stage_is_refused(tmp_path):
     config = tiny.get_config("smoke")
     stage = pipeline.STAGES[0]
     pipeline.check_stage_config(config, str(tmp_path), stage)
-    recorded = (tmp_path / "corpus" / "config.json").read_text()
+    recorded = (tmp_path / "pipeline" / "corpus.json").read_text()
     pipeline.check_stage_config(config, str(tmp_path), stage)  # same config: fine
     config.corpus.seed = 7
     with pytest.raises(ValueError, match="corpus.seed: was 0, now 7"):
         pipeline.check_stage_config(config, str(tmp_path), stage)
-    assert (tmp_path / "corpus" / "config.json").read_text() == recorded
+    assert (tmp_path / "pipeline" / "corpus.json").read_text() == recorded
 
 
 def test_stage_order_and_folders():
