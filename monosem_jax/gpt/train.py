@@ -88,7 +88,8 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping; matrices decay, biases/norms/embeddings-positions don't."""
+    """AdamW with global-norm clipping; 2-D weights decay (incl. the token and position
+    embeddings, as in nanoGPT), biases and LayerNorm parameters don't."""
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim == 2, params)
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
