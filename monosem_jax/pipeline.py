@@ -22,7 +22,7 @@ from absl import logging
 
 from monosem_jax import cli, metrics_io
 from monosem_jax.activations import capture
-from monosem_jax.analysis import evaluate
+from monosem_jax.analysis import evaluate, report
 from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import prepare
 from monosem_jax.gpt import train as gpt_train
@@ -61,6 +61,10 @@ def _browse_stage(config, workdir):
     return browser_write.browse(config.browse, workdir)
 
 
+def _report_stage(config, workdir):
+    return report.write_report(config.eval, workdir)
+
+
 STAGES = (
     Stage("corpus", ("corpus", "tokenizer"), prepare.prepare),
     Stage("lm", ("corpus", "tokenizer", "lm"), _lm_stage),
@@ -68,6 +72,9 @@ STAGES = (
     Stage("sae", ("corpus", "tokenizer", "lm", "capture", "sae"), _sae_stage),
     Stage("eval", ("corpus", "tokenizer", "lm", "capture", "sae", "eval"), _eval_stage),
     Stage("browser", ("corpus", "tokenizer", "lm", "capture", "sae", "browse"), _browse_stage),
+    Stage(
+        "report", ("corpus", "tokenizer", "lm", "capture", "sae", "eval", "browse"), _report_stage
+    ),
 )
 
 

@@ -66,6 +66,28 @@ def test_changed_config_on_a_finished_stage_is_refused(tmp_path):
 
 def test_stage_order_and_folders():
     names = [s.name for s in pipeline.STAGES]
-    assert names == ["corpus", "lm", "acts", "sae", "eval", "browser"]
+    assert names == ["corpus", "lm", "acts", "sae", "eval", "browser", "report"]
     for stage in pipeline.STAGES:
         assert set(stage.sections) <= set(json.loads(tiny.get_config().to_json()))
+
+
+def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path):
+    out = _run(tmp_path / "w")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"corpus", "lm", "acts", "sae", "eval", "browser", "report", "wall_s"}
+    assert summary["acts"]["rows"] > 0 and 0 <= summary["eval"]["ce_loss_recovered"] <= 1.5
+    report = (tmp_path / "w" / "report.md").read_text()
+    assert "## Planted concepts" in report and "![LM loss](report/lm_loss.png)" in report
+    assert (tmp_path / "w" / "report" / "lm_loss.png").stat().st_size > 1000
+    again = _run(tmp_path / "w")
+    assert again.returncode == 0
+    assert again.stderr.count("nothing to do") >= 5  # finished stages are skipped
+
+
+def test_report_escapes_corpus_text():
+    from monosem_jax.analysis import report
+
+    text = report.md_escape("<script>alert(1)</script> **bold** [x](y)\nnext")
+    assert "<script>" not in text and "**" not in text and "[x](y)" not in text
+    assert "\\<script\\>" in text and "⏎" in text

@@ -1,0 +1,222 @@
+"""The run at a glance: `W/report.md` with its plots in `W/report/`.
+
+It reads what the earlier stages wrote (metrics.jsonl files, the eval JSON, the browser's
+per-feature records) and computes nothing new: LM loss curve, SAE training curves (and the
+sweep frontier when a sweep exists), the feature density histogram, the concept table against
+neurons, and five example features with their top contexts.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import time
+
+import ml_collections
+
+from monosem_jax import metrics_io
+from monosem_jax.corpus import tokenizer
+
+MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|"})
+
+
+def md_escape(text: str) -> str:
+    """Corpus text as literal Markdown (no markup, no HTML, newlines shown as ⏎)."""
+    return text.replace("\n", "⏎").translate(MD_SPECIAL)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_feature_record(browser_dir: str, feature: int) -> dict | None:
+    """One feature's record as the browser wrote it (`data/<id>.js`: monosemFeature({...}))."""
+    path = os.path.join(browser_dir, "data", f"{feature}.js")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    return json.loads(text[text.index("(") + 1 : text.rindex(")")])
+
+
+def _plot_curves(path: str, series: dict[str, list[tuple[int, float]]], title: str) -> bool:
+    """One panel per named series of (step, value); False when there is nothing to plot."""
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
+    for ax, (name, points) in zip(axes[0], series.items(), strict=True):
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _points(rows: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+
+
+def example_features(eval_json: dict, browser_dir: str, count: int = 5) -> list[dict]:
+    """The best-F1 feature of each concept first (most precise concepts first), then the densest
+    other features, among those the browser wrote."""
+    chosen = []
+    table = sorted(eval_json.get("concept_table") or [], key=lambda r: -r["f1"])
+    candidates = [r["feature"] for r in table]
+    index_path = os.path.join(browser_dir, "features_index.js")
+    if os.path.exists(index_path):  # then the most active features of the index
+        with open(index_path) as f:
+            text = f.read()
+        rows = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+        rows = rows.get("features", rows) if isinstance(rows, dict) else rows
+        candidates += [r["id"] if isinstance(r, dict) else r[0] for r in rows]
+    for feature in candidates:
+        record = read_feature_record(browser_dir, int(feature))
+        if (
+            record is not None
+            and record.get("top")
+            and record["id"] not in {c["id"] for c in chosen}
+        ):
+            chosen.append(record)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _context_line(tok, example: dict) -> str:
+    """A top context as Markdown: the token at the focus in bold, the rest escaped text."""
+    pieces = [tok.decode([int(t)]) for t in example["tokens"]]
+    focus = example["focus"]
+    before = md_escape("".join(pieces[:focus]))
+    after = md_escape("".join(pieces[focus + 1 :]))
+    word = pieces[focus]
+    space = " " if word[:1].isspace() else ""
+    return f"{before}{space}**{md_escape(word.strip()) or '␣'}**{after} ({example['act']:.2f})"
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Writes W/report.md and W/report/*.png from the stages' outputs."""
+    t_start = time.time()
+    name = config.sae_name
+    report_dir = os.path.join(workdir, "report")
+    os.makedirs(report_dir, exist_ok=True)
+    eval_path = os.path.join(workdir, "eval", f"{name}.json")
+    if not os.path.exists(eval_path):
+        raise FileNotFoundError(f"no evaluation {eval_path}; run monosem-eval first")
+    eval_json = metrics_io.read_json(eval_path)
+    lines = [f"# Run report: {os.path.basename(os.path.abspath(workdir))}", ""]
+
+    lm = metrics_io.read_json(os.path.join(workdir, "lm", "summary.json"))
+    lm_rows = read_jsonl(os.path.join(workdir, "lm", "metrics.jsonl"))
+    lines += [
+        "## Language model",
+        "",
+        f"{lm['params']:,} parameters, {lm['steps']} steps, {lm['tokens']:,} tokens: "
+        f"eval loss **{lm['eval_loss']:.3f}** nats against a unigram entropy of "
+        f"{lm['unigram_entropy']:.3f} ({lm['eval_loss'] / lm['unigram_entropy']:.2f}×).",
+        "",
+    ]
+    if _plot_curves(
+        os.path.join(report_dir, "lm_loss.png"),
+        {"train loss": _points(lm_rows, "loss"), "eval loss": _points(lm_rows, "eval_loss")},
+        "LM",
+    ):
+        lines += ["![LM loss](report/lm_loss.png)", ""]
+
+    sae = metrics_io.read_json(os.path.join(workdir, "sae", name, "summary.json"))
+    sae_rows = read_jsonl(os.path.join(workdir, "sae", name, "metrics.jsonl"))
+    lines += [
+        f"## SAE `{name}`",
+        "",
+        f"{sae['variant']}, {sae['d_sae']} features on `{eval_json['hook']}`, "
+        f"{sae['tokens']:,} tokens. Held out: explained variance "
+        f"**{sae['explained_variance']:.3f}**, L0 **{sae['l0']:.1f}**, dead "
+        f"{sae['dead_fraction']:.3f}, dense {sae['dense_fraction']:.3f}.",
+        "",
+        f"Spliced into the LM: CE {eval_json['ce_loss_clean']:.3f} clean, "
+        f"{eval_json['ce_loss_spliced']:.3f} spliced, {eval_json['ce_loss_zero']:.3f} "
+        f"zero-ablated: **{eval_json['ce_loss_recovered']:.3f}** of the loss recovered; "
+        f"KL {eval_json['kl_spliced']:.3f}. {eval_json['neuron_corr_below_0_3']:.0%} of "
+        "live features correlate below 0.3 with every MLP neuron of their layer.",
+        "",
+    ]
+    if _plot_curves(
+        os.path.join(report_dir, "sae_curves.png"),
+        {
+            "explained variance": _points(sae_rows, "explained_variance"),
+            "L0": _points(sae_rows, "l0"),
+            "mse": _points(sae_rows, "mse"),
+        },
+        f"SAE {name} (training batches)",
+    ):
+        lines += ["![SAE training](report/sae_curves.png)", ""]
+    for frontier in sorted(glob.glob(os.path.join(workdir, "sweep", "*", "frontier.png"))):
+        sweep = os.path.basename(os.path.dirname(frontier))
+        shutil.copy(frontier, os.path.join(report_dir, f"frontier_{sweep}.png"))
+        lines += [f"Sweep `{sweep}` frontier:", "", f"![frontier](report/frontier_{sweep}.png)", ""]
+    density = os.path.join(workdir, "eval", f"{name}_density.png")
+    if os.path.exists(density):
+        shutil.copy(density, os.path.join(report_dir, "density.png"))
+        lines += ["![feature density](report/density.png)", ""]
+
+    if eval_json.get("concept_table"):
+        lines += [
+            "## Planted concepts: best single feature vs best single neuron",
+            "",
+            f"Recovered (F1 ≥ 0.8): features {eval_json['concepts_recovered_fraction']:.2f}"
+            f", neurons/residual dims {eval_json['concepts_recovered_fraction_neuron']:.2f}.",
+            "",
+            "| concept | base rate | feature | F1 (P / R) | best neuron | F1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in eval_json["concept_table"]:
+            lines.append(
+                f"| {r['concept']} | {r['base_rate']:.3f} | {r['feature']} | "
+                f"{r['f1']:.2f} ({r['precision']:.2f} / {r['recall']:.2f}) | "
+                f"{md_escape(str(r['neuron_unit']))} | {r['neuron_f1']:.2f} |"
+            )
+        lines.append("")
+
+    browser_dir = os.path.join(workdir, "browser")
+    examples = example_features(eval_json, browser_dir)
+    if examples:
+        tok = tokenizer.load_tokenizer(os.path.join(workdir, "tokenizer.json"))
+        lines += ["## Five example features", "", "Open `browser/index.html` for all of them.", ""]
+        for record in examples:
+            concept = (
+                f", matches **{record['concept']}** (F1 {record['f1']:.2f})"
+                if record.get("concept")
+                else ""
+            )
+            lines += [
+                f"### Feature {record['id']}",
+                "",
+                f"density {record['density']:.4f}, max activation "
+                f"{record['max_act']:.2f}{concept}.",
+                "",
+            ]
+            lines += [f"- {_context_line(tok, ex)}" for ex in record["top"][:4]]
+            lines.append("")
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write("\n".join(lines))
+    summary = {
+        "report": os.path.join(workdir, "report.md"),
+        "sae_name": name,
+        "example_features": [r["id"] for r in examples],
+        "wall_s": time.time() - t_start,
+    }
+    return metrics_io.finish_summary(os.path.join(report_dir, "summary.json"), summary)
