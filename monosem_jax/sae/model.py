@@ -113,14 +113,38 @@ def preacts_pre_bias(params: Params, x_BD: jax.Array) -> jax.Array:
     return x_BD @ params["w_enc_DF"] + bias_F[None]
 
 
-def topk_activation(z_BF: jax.Array, k_max: int, k: jax.Array | None = None) -> jax.Array:
-    """ReLU of the k largest pre-activations per row, zero elsewhere (k traced, <= static k_max)."""
+def topk_select(
+    z_BF: jax.Array, k_max: int, k: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(ReLU'd values, indices) [B, k_max] of the k largest pre-activations per row, descending.
+
+    Entries past the traced k (<= static k_max) have value 0. The sparse form of
+    `topk_activation`: a loss can decode from it by gathering k decoder rows per row.
+    """
+    # Exact lax.top_k on every backend. Measured on the 2-core CPU at B = F = 4096, k = 32
+    # (experiments/bench_sae.py --study-topk: the activation's forward + VJP alone, and the
+    # whole train step with each alternative patched in), none beats it: approx_max_k (on CPU
+    # XLA lowers it to the same exact TopK call: recall 1.0, same time), a threshold (k-th
+    # value of top_k, then where(z >= t): one mask for forward and VJP, no scatter), an exact
+    # group-maxima prefilter (top_k of the 256 or 128 group maxima, then of the k·16 or k·32
+    # candidates) all cost 0.89-0.98x its CPU time per step; a 32-pass bisection for the k-th
+    # value is 5x slower alone. XLA:CPU's TopK call is ~60 ms of a ~600 CPU-ms step: the time
+    # is in the step's five [B,d]x[d,F]-sized GEMMs, three of them for the dense decode. What
+    # pays is a sparse decode (Σ_k f_k W_dec[idx_k] from these (values, indices) instead of
+    # f_BF @ W_dec): 1.7x the whole step, same result up to float summation order, but that
+    # is a change to the loss (losses.loss_topk), not to the activation. (Gather-based encoder
+    # gradients on top of it were slower than the dense dW_enc GEMM.)
     vals_BK, idx_BK = jax.lax.top_k(z_BF, k_max)
     if k is not None:  # top_k sorts descending, so the first k of k_max are the k largest
         keep_K = jnp.arange(k_max) < k
         vals_BK = jnp.where(keep_K[None], vals_BK, 0.0)
     # ReLU after the selection, as Gao et al. (openai/sparse_autoencoder: relu(topk(...))).
-    vals_BK = jax.nn.relu(vals_BK)
+    return jax.nn.relu(vals_BK), idx_BK
+
+
+def topk_activation(z_BF: jax.Array, k_max: int, k: jax.Array | None = None) -> jax.Array:
+    """ReLU of the k largest pre-activations per row, zero elsewhere (k traced, <= static k_max)."""
+    vals_BK, idx_BK = topk_select(z_BF, k_max, k)
     rows_B1 = jnp.arange(z_BF.shape[0])[:, None]
     return jnp.zeros_like(z_BF).at[rows_B1, idx_BK].set(vals_BK, unique_indices=True)
 
