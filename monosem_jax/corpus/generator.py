@@ -90,23 +90,18 @@ _WORD_RE = re.compile(r"[^\W\d_]+")
 
 
 class _Builder:
-    """Accumulates text segments, the tagged spans among them and the first topic word."""
+    """Accumulates text segments and the tagged spans among them."""
 
-    __slots__ = ("parts", "pos", "tags", "topic_start")
+    __slots__ = ("parts", "pos", "tags")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.pos = 0
         self.tags: list[tuple[int, int, str]] = []
-        self.topic_start: int | None = None
 
     def add(self, text: str, tag: str | None = None) -> None:
         if tag is not None:
-            if tag == "topic":
-                if self.topic_start is None:
-                    self.topic_start = self.pos
-            else:
-                self.tags.append((self.pos, self.pos + len(text), tag))
+            self.tags.append((self.pos, self.pos + len(text), tag))
         self.parts.append(text)
         self.pos += len(text)
 
@@ -164,7 +159,10 @@ def _pick(rng: random.Random, seq: Sequence, skew: float = 1.0):
 def _finish(b: _Builder, scan: re.Pattern, concept_of: dict[str, str], topic: str,
             french: bool) -> Story:
     text = "".join(b.parts)
-    spans = set(b.tags)
+    # A topic concept is its topic's words (each filled topic slot), not the whole story after
+    # the first one: linear probes on the default LM's residual stream detect topic words but
+    # not "inside an ocean story" (F1 ~0.25 at every layer; BUILD.md, concept labels).
+    spans = {(s, e, f"topic_{topic}" if tag == "topic" else tag) for s, e, tag in b.tags}
     for m in scan.finditer(text):
         word = m.group()
         concept = "number" if word.isdigit() else concept_of.get(word.lower())
@@ -172,8 +170,6 @@ def _finish(b: _Builder, scan: re.Pattern, concept_of: dict[str, str], topic: st
             spans.add((m.start(), m.end(), concept))
     for m in _QUOTED_RE.finditer(text):
         spans.add((m.start(1), m.end(1), "dialogue"))
-    if b.topic_start is not None:
-        spans.add((b.topic_start, len(text), f"topic_{topic}"))
     if french:
         spans.add((0, len(text), "french"))
     return Story(text, tuple(Span(s, e, c) for s, e, c in sorted(spans)))
