@@ -32,6 +32,24 @@ def smoke_lm_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="session")
+def sae_workdir(smoke_lm_workdir, tmp_path_factory):
+    """The smoke LM plus a capture and a 40-step SAE run named anthropic_2024 (eval's default).
+
+    Shared by the eval, steering, search and attribution tests; copy it before writing.
+    """
+    from configs.capture import default as capture_default
+    from configs.sae import default as sae_default
+    from monosem_jax.activations import capture
+    from monosem_jax.sae import train as sae_train
+
+    workdir = str(tmp_path_factory.mktemp("sae") / "w")
+    shutil.copytree(smoke_lm_workdir, workdir)
+    capture.capture(capture_default.get_config("smoke"), workdir)
+    sae_train.train_sae(sae_default.get_config("smoke"), workdir)
+    return workdir
+
+
 @pytest.fixture
 def copy_workdir(tmp_path):
     def copy(src):

@@ -9,16 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.capture import default as capture_default
 from configs.eval import default as eval_default
-from configs.sae import default as sae_default
-from monosem_jax.activations import capture
 from monosem_jax.analysis import evaluate, features
 from monosem_jax.analysis import metrics as m
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.gpt import train as gpt_train
 from monosem_jax.sae import model as sae_model
-from monosem_jax.sae import train as sae_train
 
 
 def _log_softmax(z):
@@ -144,18 +140,6 @@ def test_exact_splice_recovers_all_and_zero_ablation_hurts(smoke_lm_workdir):
     assert abs(ce["ce_loss_zero"] - ce["ce_loss_clean"]) > 5e-3  # (a 24-step smoke LM)
     assert ce["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
     assert m.sae_finish(totals)["explained_variance"] == pytest.approx(1.0, abs=1e-5)
-
-
-@pytest.fixture(scope="module")
-def sae_workdir(smoke_lm_workdir, tmp_path_factory):
-    """The smoke LM plus a capture and a 40-step SAE run named anthropic_2024 (eval's default)."""
-    import shutil
-
-    workdir = str(tmp_path_factory.mktemp("eval") / "w")
-    shutil.copytree(smoke_lm_workdir, workdir)
-    capture.capture(capture_default.get_config("smoke"), workdir)
-    sae_train.train_sae(sae_default.get_config("smoke"), workdir)
-    return workdir
 
 
 def test_evaluate_smoke_end_to_end(sae_workdir, capsys):

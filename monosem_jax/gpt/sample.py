@@ -19,8 +19,7 @@ def filter_logits(logits_BV: jax.Array, temperature: float, top_k: int) -> jax.A
     return logits_BV
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_new", "top_k", "intervene"))
-def sample(
+def sample_loop(
     cfg: gpt_model.GPTConfig,
     params: dict,
     prompt_BL: jax.Array,
@@ -31,16 +30,20 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     intervene=None,
+    buffer_len: int = 0,
 ) -> jax.Array:
     """Continues each row of `prompt_BL` (valid up to `prompt_len`) by `num_new` tokens.
 
-    The buffer is the model's context: position t is predicted from a full causal forward over
-    the buffer (later slots are ignored by the mask), which keeps one static shape. `temperature`
-    0 means greedy. `intervene` is a hashable tuple of (hook, fn) pairs applied at every step.
+    Traceable (jit it, or vmap it over interventions as monosem_jax.intervene.steer does). The
+    buffer has `buffer_len` slots (0 = the model's context): position t is predicted from a full
+    causal forward over the buffer (later slots are ignored by the mask), which keeps one static
+    shape; a buffer just long enough for prompt + continuation saves the rest of the context's
+    compute. `temperature` 0 means greedy. `intervene` maps hooks to functions applied at every
+    step (or is a tuple of (hook, fn) pairs).
     """
-    buffer_len = cfg.context_len
+    buffer_len = min(buffer_len or cfg.context_len, cfg.context_len)
     if prompt_BL.shape[1] > buffer_len:
-        raise ValueError(f"prompt longer than the context ({buffer_len})")
+        raise ValueError(f"prompt longer than the buffer ({buffer_len})")
     buf_BL = jnp.zeros((prompt_BL.shape[0], buffer_len), jnp.int32)
     buf_BL = buf_BL.at[:, : prompt_BL.shape[1]].set(prompt_BL.astype(jnp.int32))
     interventions = dict(intervene or ())
@@ -61,3 +64,22 @@ def sample(
     steps = jnp.minimum(num_new, buffer_len - prompt_len)
     buf_BL, _ = jax.lax.fori_loop(0, steps, body, (buf_BL, rng))
     return buf_BL
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_new", "top_k", "intervene"))
+def sample(
+    cfg: gpt_model.GPTConfig,
+    params: dict,
+    prompt_BL: jax.Array,
+    prompt_len: jax.Array,
+    rng: jax.Array,
+    *,
+    num_new: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    intervene=None,
+) -> jax.Array:
+    """`sample_loop` compiled over the model's full context; `intervene` here is a hashable
+    tuple of (hook, fn) pairs (a static argument)."""
+    return sample_loop(cfg, params, prompt_BL, prompt_len, rng, num_new=num_new,
+                       temperature=temperature, top_k=top_k, intervene=intervene)
