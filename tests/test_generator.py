@@ -165,6 +165,18 @@ def test_topic_words_stay_in_their_topic(corpus):
         assert not set(WORD.findall(text.lower())) & vocabs[french][topic], story.text
 
 
+def test_topic_vocabulary_covers_the_labelled_words(corpus):
+    vocab = gen.topic_vocabulary()
+    per_language = {False: _topic_vocab(en, False), True: _topic_vocab(fr, True)}
+    for topic in gen.TOPICS:
+        assert vocab[topic] == per_language[False][topic] | per_language[True][topic]
+    for story in corpus[:2000]:
+        for span in story.spans:
+            if span.concept in TOPIC_CONCEPTS:
+                words = WORD.findall(story.text[span.start:span.end].lower())
+                assert set(words) <= vocab[span.concept[len("topic_"):]], story.text
+
+
 def test_names_are_only_names(corpus):
     lower_names = {n.lower() for n in NAMES}
     for story in corpus[:4000]:

@@ -54,7 +54,7 @@ def _acts_and_features(lm_params, sae_arrays, tokens_BL, model_cfg, hook, sae_st
     return x_BLD, feature_acts(sae, x_BLD)
 
 
-class _StaticSAE:
+class StaticSAE:
     """Hashable shell of a TrainedSAE (its arrays travel separately through jit)."""
 
     def __init__(self, sae: TrainedSAE):
@@ -68,7 +68,7 @@ class _StaticSAE:
         return hash((self.sae.name, self.sae.sae_cfg, self.sae.hook, self.sae.norm_scale))
 
     def __eq__(self, other):
-        return isinstance(other, _StaticSAE) and hash(self) == hash(other)
+        return isinstance(other, StaticSAE) and hash(self) == hash(other)
 
 
 def iterate_features(
@@ -78,7 +78,7 @@ def iterate_features(
 
     The last batch is padded to `batch_size` (one compiled shape) and trimmed before yielding.
     """
-    static = _StaticSAE(sae)
+    static = StaticSAE(sae)
     arrays = (sae.params, sae.hparams)
     for first in range(0, windows_WL.shape[0], batch_size):
         tokens_BL = windows_WL[first : first + batch_size]

@@ -371,6 +371,26 @@ def generate_stories(num_stories: int, seed: int, french_fraction: float = 0.15)
             for i in range(num_stories)]
 
 
+def topic_vocabulary() -> dict[str, frozenset[str]]:
+    """Per topic, every lowercase word its slots can write, English and French (the words a
+    topic concept labels; experiments/steering_dose_response.py counts them in generations)."""
+    vocab = {}
+    for topic in TOPICS:
+        words: set[str] = set()
+        for lexicon, french in ((en, False), (fr, True)):
+            lex = lexicon.TOPICS[topic]
+            forms = [w for noun in lex["nouns"] for w in noun[:2]]
+            forms += [w for verb in lex["verbs"] for w in verb]
+            forms += [w for adj in lex["adjs"] for w in adj] if french else list(lex["adjs"])
+            if french:  # the third-person plural the French templates conjugate
+                forms += [v[2][:-1] + "ent" for v in lex["verbs"]]
+            else:
+                forms += [third_person(v[0]) for v in lex["verbs"]]
+            words.update(w for form in forms for w in _WORD_RE.findall(form.lower()))
+        vocab[topic] = frozenset(words)
+    return vocab
+
+
 def distinct_words(texts: Iterable[str]) -> set[str]:
     """The distinct lowercase word forms (runs of unicode letters) in `texts`."""
     words: set[str] = set()

@@ -1,0 +1,238 @@
+"""Steering: generate with SAE features clamped at the hook, several clamp values in one program.
+
+Every clamp value (a dose) runs in the same compiled sampler, vmapped over the values, with the
+same random keys: member v and the unsteered baseline draw the same uniforms, so a change in the
+text is the clamp's doing and not sampling noise (common random numbers). Within a member the
+vmap runs over prompts, and each prompt is continued `num_samples` times.
+
+Clamp values are reported activations (see splice.py); `scale = "max"` reads them as multiples
+of each feature's maximum activation on held-out tokens (`max_activations`), as the paper's
+"clamped to 10x its maximum" does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from monosem_jax import metrics_io
+from monosem_jax.analysis import features
+from monosem_jax.gpt import model as gpt_model
+from monosem_jax.gpt import sample as gpt_sample
+from monosem_jax.intervene import splice
+
+SEPARATOR = "||"  # between prompts in a config string
+
+
+@dataclasses.dataclass(frozen=True)
+class SteerConfig:
+    """Validated settings of `monosem-steer` (configs/steer/default.py documents each)."""
+
+    sae_name: str
+    prompts: tuple[str, ...]
+    feature_ids: tuple[int, ...]
+    values: tuple[float, ...]
+    scale: str = "max"
+    num_samples: int = 4
+    num_new: int = 40
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    max_tokens: int = 65536
+    name: str = ""
+
+    def __post_init__(self):
+        if self.scale not in ("max", "absolute"):
+            raise ValueError(f"steer.scale must be 'max' or 'absolute', got {self.scale!r}")
+        for field in ("num_samples", "num_new", "max_tokens"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"steer.{field} must be positive, got {getattr(self, field)}")
+        if self.temperature < 0 or self.top_k < 0:
+            raise ValueError("steer.temperature and steer.top_k must be >= 0")
+
+
+def steer_config_from(config: ml_collections.ConfigDict) -> SteerConfig:
+    if not str(config.features).strip():
+        raise ValueError("steer.features is empty; name the feature ids to clamp, e.g. '12,40'")
+    try:
+        ids = tuple(int(i) for i in str(config.features).split(",") if i.strip())
+    except ValueError as e:
+        raise ValueError(
+            f"steer.features must be comma-separated ids, got {config.features!r}"
+        ) from e
+    prompts = tuple(p for p in str(config.prompts).split(SEPARATOR))
+    return SteerConfig(
+        sae_name=config.sae_name, prompts=prompts, feature_ids=ids,
+        values=tuple(map(float, splice.parse_floats(config.clamp_values, "steer.clamp_values"))),
+        scale=config.scale, num_samples=config.num_samples, num_new=config.num_new,
+        temperature=config.temperature, top_k=config.top_k, seed=config.seed,
+        max_tokens=config.max_tokens, name=config.name,
+    )
+
+
+# ------------------------------------------------------------------------------- device code
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "sae_static"))
+def _max_acts(lm_params, sae_arrays, tokens_BL, ids_K, *, model_cfg, sae_static):
+    sae = sae_static.with_arrays(sae_arrays)
+    _, cap = gpt_model.forward(model_cfg, lm_params, tokens_BL, capture=[sae.hook])
+    a_BLK = splice.feature_acts(sae, cap[sae.hook])[..., ids_K]
+    # Position 0 of each window (the attention sink, never in SAE training) left out, as eval.
+    return jnp.max(a_BLK[:, 1:], axis=(0, 1))
+
+
+def max_activations(model: splice.SplicedModel, workdir: str, ids_K: np.ndarray,
+                    max_tokens: int = 65536, batch_size: int = 16) -> np.ndarray:
+    """Each feature's maximum reported activation [K] over held-out eval windows."""
+    windows_WL = features.windows(workdir, "eval", model.model_cfg.context_len, max_tokens)
+    if windows_WL.shape[0] == 0:
+        raise ValueError("the eval split is shorter than one context; cannot scale by max")
+    static = features.StaticSAE(model.sae)
+    arrays = (model.sae.params, model.sae.hparams)
+    best_K = np.zeros(len(ids_K), np.float32)
+    for first in range(0, windows_WL.shape[0], batch_size):
+        tokens_BL = windows_WL[first : first + batch_size]
+        if tokens_BL.shape[0] < batch_size:  # one compiled shape: repeat the last window
+            pad = np.repeat(tokens_BL[-1:], batch_size - tokens_BL.shape[0], 0)
+            tokens_BL = np.concatenate([tokens_BL, pad])
+        got_K = _max_acts(model.lm_params, arrays, tokens_BL, jnp.asarray(ids_K),
+                          model_cfg=model.model_cfg, sae_static=static)
+        best_K = np.maximum(best_K, np.asarray(got_K))
+    return best_K
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model_cfg", "sae_static", "num_samples", "num_new", "top_k", "buffer_len"),
+)
+def generate(lm_params, sae_arrays, tokens_PL, lengths_P, ids_K, values_VK, active_V, rng,
+             temperature, *, model_cfg, sae_static, num_samples, num_new, top_k, buffer_len):
+    """Token buffers [V, P, S, buffer_len]: prompt p continued S times under clamp member v.
+
+    Member v clamps features ids_K to values_VK[v] where active_V[v] (else: unsteered). Every
+    member uses the same keys, so members differ only through their clamps.
+    """
+    sae = sae_static.with_arrays(sae_arrays)
+    keys_P = jax.random.split(rng, tokens_PL.shape[0])
+
+    def one(values_K, active, prompt_L, length, key):
+        prompt_SL = jnp.broadcast_to(prompt_L, (num_samples, prompt_L.shape[0]))
+        steer = {sae.hook: lambda x: splice.clamp(sae, x, ids_K, values_K, active)}
+        return gpt_sample.sample_loop(
+            model_cfg, lm_params, prompt_SL, length, key, num_new=num_new,
+            temperature=temperature, top_k=top_k, intervene=steer, buffer_len=buffer_len,
+        )
+
+    over_prompts = jax.vmap(one, in_axes=(None, None, 0, 0, 0))
+    return jax.vmap(over_prompts, in_axes=(0, 0, None, None, None))(
+        values_VK, active_V, tokens_PL, lengths_P, keys_P
+    )
+
+
+# --------------------------------------------------------------------------------- host code
+
+
+def continuations(model: splice.SplicedModel, buffers_VPSL: np.ndarray, lengths_P: np.ndarray,
+                  num_new: int) -> list[list[list[str]]]:
+    """Decoded continuations [V][P][S], each cut at the first end-of-text token."""
+    out = []
+    for member in buffers_VPSL:
+        rows = []
+        for p, samples in enumerate(member):
+            texts = []
+            for seq in samples:
+                new = [int(t) for t in seq[lengths_P[p] : lengths_P[p] + num_new]]
+                if model.eot in new:
+                    new = new[: new.index(model.eot)]
+                texts.append(model.tok.decode(new))
+            rows.append(texts)
+        out.append(rows)
+    return out
+
+
+def steer(model: splice.SplicedModel, prompts, feature_ids, values_VK: np.ndarray, *,
+          num_samples: int = 4, num_new: int = 40, temperature: float = 1.0, top_k: int = 0,
+          seed: int = 0) -> dict:
+    """Baseline and steered continuations: {"baseline": [P][S], "steered": [V][P][S]}.
+
+    values_VK are reported activations (one row per dose, one column per feature).
+    """
+    ids_K = splice.check_feature_ids(model, feature_ids)
+    values_VK = np.asarray(values_VK, np.float32).reshape(-1, len(ids_K))
+    tokens_PL, lengths_P = splice.tokenize_prompts(model, prompts, room=num_new)
+    # Member 0 is the baseline (clamp switched off); members 1..V are the doses.
+    all_VK = np.concatenate([np.zeros_like(values_VK[:1]), values_VK])
+    active_V = np.arange(all_VK.shape[0]) > 0
+    buffers = generate(
+        model.lm_params, (model.sae.params, model.sae.hparams), tokens_PL, lengths_P,
+        jnp.asarray(ids_K), jnp.asarray(all_VK), jnp.asarray(active_V), jax.random.key(seed),
+        jnp.float32(temperature), model_cfg=model.model_cfg,
+        sae_static=features.StaticSAE(model.sae), num_samples=num_samples, num_new=num_new,
+        top_k=top_k, buffer_len=tokens_PL.shape[1] + num_new,
+    )
+    texts = continuations(model, np.asarray(buffers), lengths_P, num_new)
+    return {"baseline": texts[0], "steered": texts[1:]}
+
+
+def _side_by_side(prompts, values, result, unit: str) -> str:
+    """Markdown: per prompt, the first sample of the baseline and of each dose."""
+    lines = []
+    for p, prompt in enumerate(prompts):
+        lines.append(f"### {prompt!r}\n")
+        lines.append(f"- **baseline**: {result['baseline'][p][0]}")
+        for v, value in enumerate(values):
+            lines.append(f"- **clamp {value:g}{unit}**: {result['steered'][v][p][0]}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`monosem-steer`: writes W/steer/<name>.json and .md; returns the summary."""
+    t_start = time.time()
+    cfg = steer_config_from(config)
+    model = splice.load(workdir, cfg.sae_name)
+    ids_K = splice.check_feature_ids(model, cfg.feature_ids)
+    splice.tokenize_prompts(model, cfg.prompts, room=cfg.num_new)  # bad prompts fail early
+    values_V = np.asarray(cfg.values, np.float32)
+    max_K = max_activations(model, workdir, ids_K, cfg.max_tokens)
+    if cfg.scale == "max":
+        if np.any(max_K <= 0):
+            dead = ids_K[max_K <= 0].tolist()
+            raise ValueError(f"features {dead} never fire on eval tokens; use scale=absolute")
+        values_VK = values_V[:, None] * max_K[None]
+    else:
+        values_VK = np.broadcast_to(values_V[:, None], (len(values_V), len(ids_K)))
+    logging.info("steer %s: features %s (max act %s), %d doses x %d prompts x %d samples",
+                 model.sae.name, ids_K.tolist(), np.round(max_K, 3).tolist(), len(values_V),
+                 len(cfg.prompts), cfg.num_samples)
+    result = steer(model, cfg.prompts, ids_K, values_VK, num_samples=cfg.num_samples,
+                   num_new=cfg.num_new, temperature=cfg.temperature, top_k=cfg.top_k,
+                   seed=cfg.seed)
+    name = cfg.name or "steer_" + "_".join(map(str, ids_K.tolist()))
+    out_dir = os.path.join(workdir, "steer")
+    os.makedirs(out_dir, exist_ok=True)
+    unit = "x max" if cfg.scale == "max" else ""
+    markdown = _side_by_side(cfg.prompts, cfg.values, result, unit)
+    print(markdown, flush=True)
+    md_path = os.path.join(out_dir, f"{name}.md")
+    with open(md_path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(markdown)
+    os.replace(md_path + ".tmp", md_path)
+    summary = {
+        "sae_name": model.sae.name, "hook": model.hook, "features": ids_K.tolist(),
+        "max_activation": max_K.tolist(), "scale": cfg.scale, "doses": list(cfg.values),
+        "clamp_values": values_VK.tolist(), "prompts": list(cfg.prompts),
+        "num_samples": cfg.num_samples, "num_new": cfg.num_new,
+        "temperature": cfg.temperature, "top_k": cfg.top_k, "seed": cfg.seed,
+        **result, "markdown": md_path, "wall_s": time.time() - t_start,
+    }
+    return metrics_io.finish_summary(os.path.join(out_dir, f"{name}.json"), summary)

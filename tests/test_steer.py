@@ -1,0 +1,171 @@
+"""Steering: clamps keep the SAE error, doses share keys, bad input is one clear error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from monosem_jax.gpt import model as gpt_model
+from monosem_jax.intervene import splice, steer
+
+
+@pytest.fixture(scope="module")
+def spliced(sae_workdir):
+    return splice.load(sae_workdir, "anthropic_2024")
+
+
+def _tokens(model, text="Once upon a time, a little girl named Lily"):
+    tokens_PL, _ = splice.tokenize_prompts(model, [text])
+    return jnp.asarray(tokens_PL)
+
+
+def _clean(model, tokens_BL):
+    logits_BLV, cap = gpt_model.forward(model.model_cfg, model.lm_params, tokens_BL,
+                                        capture=[model.hook])
+    return logits_BLV, cap[model.hook]
+
+
+def _live_features(model, x_BLD, count=3):
+    a_F = np.asarray(splice.feature_acts(model.sae, x_BLD)).max(axis=(0, 1))
+    assert (a_F > 0).sum() >= count, "the smoke SAE should have live features on a prompt"
+    return np.argsort(-a_F)[:count].astype(np.int32)
+
+
+def test_clamp_to_own_activation_reproduces_clean_logits(spliced):
+    tokens_BL = _tokens(spliced)
+    logits_BLV, x_BLD = _clean(spliced, tokens_BL)
+    ids_K = _live_features(spliced, x_BLD)
+
+    # In one program the clamp's delta is exactly zero: the output is bit-identical.
+    def own_value(x):
+        a_BLK = splice.feature_acts(spliced.sae, x)[..., ids_K]
+        return splice.clamp(spliced.sae, x, ids_K, a_BLK)
+
+    same_BLV, _ = gpt_model.forward(spliced.model_cfg, spliced.lm_params, tokens_BL,
+                                    intervene={spliced.hook: own_value})
+    np.testing.assert_array_equal(np.asarray(same_BLV), np.asarray(logits_BLV))
+    # Values measured in another program: equal up to float32 round-off.
+    a_BLK = splice.feature_acts(spliced.sae, x_BLD)[..., ids_K]
+    again_BLV = splice.clamped_logits(spliced, tokens_BL, ids_K, a_BLK)
+    np.testing.assert_allclose(np.asarray(again_BLV), np.asarray(logits_BLV), atol=2e-5)
+    # Without the error term (x -> SAE(x) with the clamp) the logits do change: the test above
+    # would catch a clamp that dropped the error.
+    sae = spliced.sae
+    recon_BLV, _ = gpt_model.forward(
+        spliced.model_cfg, spliced.lm_params, tokens_BL,
+        intervene={spliced.hook: lambda x: x - (x - _reconstruct(sae, x))},
+    )
+    assert np.abs(np.asarray(recon_BLV) - np.asarray(logits_BLV)).max() > 1e-3
+
+
+def _reconstruct(sae, x_BLD):
+    from monosem_jax.analysis import features
+
+    return features.reconstruct(sae, x_BLD)
+
+
+def test_clamp_matches_float64_formula(spliced):
+    """x + sum_k (v_k - a_k) W_dec,k / (||W_dec,k|| c), in float64 NumPy."""
+    _, x_BLD = _clean(spliced, _tokens(spliced))
+    ids_K = _live_features(spliced, x_BLD, 2)
+    values_K = np.array([3.0, -1.5], np.float32)
+    got = np.asarray(splice.clamp(spliced.sae, x_BLD, jnp.asarray(ids_K), jnp.asarray(values_K)))
+    x = np.asarray(x_BLD, np.float64)
+    a = np.asarray(splice.feature_acts(spliced.sae, x_BLD), np.float64)[..., ids_K]
+    w = np.asarray(spliced.sae.params["w_dec_FD"], np.float64)[ids_K]
+    d = w / (np.linalg.norm(w, axis=1, keepdims=True) * spliced.sae.norm_scale)
+    want = x + np.einsum("blk,kd->bld", values_K[None, None] - a, d)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # After the clamp the SAE reads the clamped value back (ReLU variant, positive value): the
+    # clamp moves x along the feature's own direction.
+    assert np.all(np.isfinite(got))
+
+
+def test_steer_baseline_and_doses(spliced):
+    tokens_BL = _tokens(spliced)
+    _, x_BLD = _clean(spliced, tokens_BL)
+    ids_K = _live_features(spliced, x_BLD, 1)
+    prompts = ["Once upon a time", "One day, a"]
+    own = steer.steer(spliced, prompts, ids_K, np.array([[0.0], [50.0]]), num_samples=3,
+                      num_new=6, seed=3)
+    assert len(own["baseline"]) == 2 and all(len(s) == 3 for s in own["baseline"])
+    assert len(own["steered"]) == 2 and len(own["steered"][0]) == 2
+    # Same keys for every member: a second call reproduces everything, and a huge clamp changes
+    # some text while the baseline stays the same across calls.
+    again = steer.steer(spliced, prompts, ids_K, np.array([[50.0]]), num_samples=3, num_new=6,
+                        seed=3)
+    assert again["baseline"] == own["baseline"]
+    assert again["steered"][0] == own["steered"][1]
+    assert own["steered"][1] != own["baseline"]
+
+
+def test_bad_input_is_a_clear_error(spliced):
+    with pytest.raises(ValueError, match="out of range"):
+        splice.check_feature_ids(spliced, [spliced.num_features])
+    with pytest.raises(ValueError, match="repeat"):
+        splice.check_feature_ids(spliced, [1, 1])
+    with pytest.raises(ValueError, match="tokenizes to nothing"):
+        splice.tokenize_prompts(spliced, ["Once", "   "])
+    with pytest.raises(ValueError, match="exceeds the context"):
+        splice.tokenize_prompts(spliced, ["Once upon a time"], room=10_000)
+    with pytest.raises(ValueError, match="finite"):
+        splice.parse_floats("1,nan", "steer.clamp_values")
+    with pytest.raises(ValueError, match="numbers"):
+        splice.parse_floats("1,big", "steer.clamp_values")
+
+
+def _cli(workdir, *flags):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "monosem_jax.intervene.steer_main", f"--workdir={workdir}",
+           "--config=configs/steer/default.py:smoke", *flags]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+
+
+def test_cli_writes_summary_and_rejects_bad_flags(spliced, sae_workdir, copy_workdir):
+    workdir = copy_workdir(sae_workdir)
+    max_F = steer.max_activations(spliced, workdir, np.arange(spliced.num_features), 2048)
+    live = int(np.argmax(max_F))
+    out = _cli(workdir, f"--config.features={live}", "--config.clamp_values=-1,4",
+               "--config.name=s")
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    with open(os.path.join(workdir, "steer", "s.json")) as f:
+        assert json.load(f) == summary
+    assert summary["features"] == [live] and len(summary["steered"]) == 2
+    np.testing.assert_allclose(summary["clamp_values"], [[-max_F[live]], [4 * max_F[live]]],
+                               rtol=1e-6)
+    assert os.path.exists(os.path.join(workdir, "steer", "s.md"))
+    for flags, message in [
+        (["--config.features=99999"], "out of range"),
+        (["--config.features="], "features is empty"),
+        (["--config.features=3", "--config.prompts=  "], "tokenizes to nothing"),
+        (["--config.features=3", "--config.clamp_values=inf"], "finite"),
+        (["--config.features=3", "--config.sae_name=nope"], "no SAE run"),
+        ([f"--config.features={int(np.argmin(max_F))}"] if max_F.min() <= 0 else
+         ["--config.features=3", "--config.scale=median"], "never fire" if max_F.min() <= 0
+         else "scale must be"),
+    ]:
+        bad = _cli(workdir, *flags)
+        assert bad.returncode == 2, (flags, bad.stderr[-1500:])
+        last = bad.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last, (flags, last)
+    with open(os.path.join(workdir, "steer", "s.json")) as f:  # nothing written was lost
+        assert json.load(f) == summary
+
+
+def test_max_activations_match_feature_acts(spliced, sae_workdir):
+    from monosem_jax.analysis import features
+
+    windows_WL = features.windows(sae_workdir, "eval", spliced.model_cfg.context_len, 2048)
+    ids_K = np.array([0, 5, 9], np.int32)
+    got = steer.max_activations(spliced, sae_workdir, ids_K, max_tokens=2048, batch_size=5)
+    _, x_BLD = _clean(spliced, jnp.asarray(windows_WL))
+    want = np.asarray(splice.feature_acts(spliced.sae, x_BLD))[:, 1:, ids_K].max(axis=(0, 1))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert jax.tree.leaves(got)  # a plain array
