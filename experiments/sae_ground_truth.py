@@ -7,8 +7,8 @@ checkpoint) learn decoder directions that match the true ones? A true direction 
 recovered when some learned decoder row (normalised) has cosine >= 0.9 with it. Goal: a recovered
 fraction >= 0.9 for both the default anthropic_2024 SAE and the topk SAE.
 
-  python experiments/sae_ground_truth.py                   # 2,048 directions in 256-d (~7 min, CPU)
-  python experiments/sae_ground_truth.py --quick           # 512 directions in 64-d (smoke check)
+  python experiments/sae_ground_truth.py                  # 2,048 directions in 256-d (~10 min, CPU)
+  python experiments/sae_ground_truth.py --quick          # 512 directions in 64-d (smoke check)
   python experiments/sae_ground_truth.py --workdir=W --steps=600 --d-sae=2048
 
 The store (W/acts/<hook>) is reused when W already holds one built with the same generator
@@ -48,18 +48,34 @@ VARIANTS = ("anthropic_2024", "topk")
 THRESHOLDS = (0.8, 0.9, 0.95)
 GOAL = 0.9
 
-# Full run and --quick: the generator, and the SAE settings each flag may override.
+# Full run and --quick: the generator, and each variant's SAE settings (flags override them).
 PRESETS = {
     "full": dict(
         gen=dict(rows=262_144, d=256, n_feat=2048, k_min=8, k_max=16, zipf=0.7, noise=0.02),
-        d_sae=4096, steps=300, batch_size=4096, eval_rows=16_384, dead_steps=50,
-        lr_anthropic=2e-3, l1_coef=2.0, lr_topk=2e-3, k=16,
+        d_sae=3072, eval_rows=16_384,
+        anthropic_2024=dict(steps=5600, batch_size=256, lr=3e-3, l1_coef=0.7, dead_steps=200),
+        topk=dict(steps=1000, batch_size=1024, lr=5e-3, k=16, k_start=64, k_anneal_frac=0.5,
+                  dead_steps=50),
     ),
     "quick": dict(
         gen=dict(rows=65_536, d=64, n_feat=512, k_min=8, k_max=16, zipf=0.7, noise=0.02),
-        d_sae=1024, steps=300, batch_size=1024, eval_rows=8192, dead_steps=50,
-        lr_anthropic=2e-3, l1_coef=2.0, lr_topk=2e-3, k=16,
+        d_sae=768, eval_rows=8192,
+        anthropic_2024=dict(steps=1200, batch_size=256, lr=3e-3, l1_coef=0.7, dead_steps=200),
+        topk=dict(steps=300, batch_size=1024, lr=5e-3, k=16, k_start=64, k_anneal_frac=0.5,
+                  dead_steps=50),
     ),
+}
+# Per-variant settings a flag may override: flag dest -> (variant, setting); None = both.
+OVERRIDES = {
+    "steps": (None, "steps"),
+    "batch_size": (None, "batch_size"),
+    "dead_steps": (None, "dead_steps"),
+    "lr_anthropic": ("anthropic_2024", "lr"),
+    "l1_coef": ("anthropic_2024", "l1_coef"),
+    "lr_topk": ("topk", "lr"),
+    "k": ("topk", "k"),
+    "k_start": ("topk", "k_start"),
+    "k_anneal_frac": ("topk", "k_anneal_frac"),
 }
 
 
@@ -67,34 +83,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="", help="store + runs live here (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="512 directions in 64-d: a smoke check")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per SAE")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (both variants)")
     p.add_argument("--d-sae", type=int, default=None, help="dictionary size")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per step")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per step (both variants)")
+    p.add_argument("--dead-steps", type=int, default=None, help="steps silent = dead (both)")
     p.add_argument("--lr-anthropic", type=float, default=None, help="anthropic_2024 peak lr")
     p.add_argument("--l1-coef", type=float, default=None, help="anthropic_2024 lambda")
     p.add_argument("--lr-topk", type=float, default=None, help="topk peak lr")
     p.add_argument("--k", type=int, default=None, help="topk: active latents")
-    p.add_argument("--dead-steps", type=int, default=None, help="steps silent = dead (AuxK)")
+    p.add_argument("--k-start", type=int, default=None, help="topk: k at step 0 (0 = k)")
+    p.add_argument("--k-anneal-frac", type=float, default=None, help="topk: k schedule length")
     p.add_argument("--rows", type=int, default=None, help="rows in the store (incl. eval rows)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     p.add_argument("--seed", type=int, default=0, help="data seed (the SAEs use seed 0)")
     p.add_argument("--keep", action="store_true", help="keep the temp workdir")
     args = p.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
-    for name in ("steps", "d_sae", "batch_size", "lr_anthropic", "l1_coef", "lr_topk", "k",
-                 "dead_steps"):
-        if getattr(args, name) is None:
-            setattr(args, name, preset[name])
     args.gen = dict(preset["gen"], seed=args.seed)
     if args.rows is not None:
         args.gen["rows"] = args.rows
+    args.d_sae = args.d_sae or preset["d_sae"]
     args.eval_rows = preset["eval_rows"]
+    args.settings = {v: dict(preset[v]) for v in VARIANTS}
+    for dest, (variant, key) in OVERRIDES.items():
+        value = getattr(args, dest)
+        if value is not None:
+            for v in [variant] if variant else VARIANTS:
+                args.settings[v][key] = value
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = sorted(set(args.variants) - set(VARIANTS))
     if bad:
         p.error(f"unknown variants {bad}; choose from {VARIANTS}")
-    if args.steps <= 0 or args.d_sae <= 0 or args.batch_size <= 0:
-        p.error("--steps, --d-sae and --batch-size must be positive")
+    for v in VARIANTS:
+        if min(args.settings[v]["steps"], args.settings[v]["batch_size"], args.d_sae) <= 0:
+            p.error("--steps, --d-sae and --batch-size must be positive")
     if args.eval_rows >= args.gen["rows"]:
         p.error(f"--rows must exceed the {args.eval_rows} held-out rows")
     return args
@@ -166,9 +188,9 @@ def generate_rows(gen: dict, feats, logw, fscale, rng, chunk: int = 8192):
         yield x.astype(np.float32), counts
 
 
-def build_store(root: str, gen: dict) -> tuple[np.ndarray, dict]:
-    """Writes the activations to a file store at root/HOOK (reused if it matches); returns the
-    true directions and a description of the data."""
+def build_store(root: str, gen: dict) -> tuple[tuple, dict]:
+    """Writes the activations to a file store at root/HOOK (reused if it matches); returns
+    (true directions, firing log-weights, magnitude scales) and a description of the data."""
     feats, logw, fscale, rng = true_dictionary(gen)
     attrs = {"ground_truth_generator": gen}
     kv = store_lib.kvstore_for(root)
@@ -176,7 +198,8 @@ def build_store(root: str, gen: dict) -> tuple[np.ndarray, dict]:
         st = store_lib.open_store(kv, HOOK)
         if st.attributes.get("ground_truth_generator") == json.loads(json.dumps(gen)):
             print(f"reusing the store at {root}/{HOOK} ({st.rows} rows)", flush=True)
-            return feats, {"rows": st.rows, "norm_scale": st.norm_scale, "reused": True}
+            info = {"rows": st.rows, "norm_scale": st.norm_scale, "reused": True}
+            return (feats, logw, fscale), info
     t0 = time.time()
     spec = store_lib.StoreSpec(kv, HOOK, gen["d"], "float32", 16_384)
     writer = store_lib.StoreWriter(spec, attrs, overwrite=True)
@@ -200,7 +223,7 @@ def build_store(root: str, gen: dict) -> tuple[np.ndarray, dict]:
     print(f"wrote {info['rows']} rows to {root}/{HOOK} in {info['seconds']} s: firing frequency "
           f"per row min {info['feat_freq_min']:.2e} median {info['feat_freq_median']:.2e} "
           f"max {info['feat_freq_max']:.2e}", flush=True)
-    return feats, info
+    return (feats, logw, fscale), info
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,24 +232,20 @@ def build_store(root: str, gen: dict) -> tuple[np.ndarray, dict]:
 
 
 def sae_config(args, variant: str, root: str):
+    """configs/sae/default.py's config for `variant` on the ground-truth store."""
+    settings = args.settings[variant]
     config = sae_default.get_config()
     config.variant = variant
     config.store = root
     config.hook = HOOK
     config.d_sae = args.d_sae
-    config.steps = args.steps
-    config.batch_size = args.batch_size
     config.eval_rows = args.eval_rows
-    config.dead_steps = args.dead_steps
-    config.log_every = max(1, args.steps // 10)
-    config.checkpoint_every = args.steps  # one checkpoint, at the end
-    if variant == "anthropic_2024":
-        config.lr = args.lr_anthropic
-        config.l1_coef = args.l1_coef
-    else:
-        config.lr = args.lr_topk
-        config.k = args.k
+    for key, value in settings.items():
+        config[key] = value
+    if variant == "topk":
         config.k_aux = min(config.k_aux, args.d_sae)
+    config.log_every = max(1, config.steps // 10)
+    config.checkpoint_every = config.steps  # one checkpoint, at the end
     text = config.to_json(sort_keys=True)
     config.name = f"{variant}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
     return config
@@ -255,37 +274,44 @@ def max_cosines(true_ND: np.ndarray, w_dec_FD: np.ndarray) -> np.ndarray:
     return (true_ND @ learned.T).max(axis=1)
 
 
-def run_variant(args, variant: str, root: str, workdir: str, feats: np.ndarray) -> dict:
+def by_quartile(values: np.ndarray, recovered: np.ndarray) -> list[float]:
+    """Recovered fraction within each quartile of `values` (lowest first)."""
+    return [float(recovered[q].mean()) for q in np.array_split(np.argsort(values), 4)]
+
+
+def run_variant(args, variant: str, root: str, workdir: str, truth: tuple) -> dict:
+    feats, logw, fscale = truth
     config = sae_config(args, variant, root)
-    print(f"--- {variant}: {config.name} (d_sae {config.d_sae}, {config.steps} steps x "
-          f"{config.batch_size} rows, lr {config.lr}"
-          + (f", l1_coef {config.l1_coef})" if variant == "anthropic_2024" else
-             f", k {config.k})"), flush=True)
+    extra = (f"l1_coef {config.l1_coef}" if variant == "anthropic_2024" else
+             f"k {config.k_start or config.k}->{config.k} over {config.k_anneal_frac:g}")
+    print(f"--- {variant}: run {config.name}: d_sae {config.d_sae}, {config.steps} steps x "
+          f"{config.batch_size} rows, lr {config.lr}, {extra}", flush=True)
     t0 = time.time()
     summary = sae_train.train_sae(config, workdir)
     wall = time.time() - t0
     params = restore_params(config, workdir, feats.shape[1])
     cos = max_cosines(feats, np.asarray(params["w_dec_FD"], np.float32))
+    hit = cos >= GOAL
     result = {
         "run": config.name,
         "recovered": {f"{t}": float(np.mean(cos >= t)) for t in THRESHOLDS},
         "mean_max_cos": float(cos.mean()),
+        # Where the misses are: recovered fraction (cos >= 0.9) per quartile of the true
+        # features' magnitude scale s_i and of their firing weight, lowest quartile first.
+        "recovered_by_scale_quartile": by_quartile(fscale, hit),
+        "recovered_by_frequency_quartile": by_quartile(logw, hit),
         "explained_variance": summary["explained_variance"],
         "l0": summary["l0"],
         "dead_fraction": summary["dead_fraction"],
+        "tokens": summary["tokens"],
         "tokens_per_s": summary.get("tokens_per_s"),
-        "train_wall_s": summary.get("wall_s"),
         "wall_s": round(wall, 1),
-        "lr": config.lr,
     }
-    if variant == "anthropic_2024":
-        result["l1_coef"] = config.l1_coef
-    else:
-        result["k"] = config.k
     rec = " ".join(f"{t}: {result['recovered'][f'{t}']:.3f}" for t in THRESHOLDS)
+    scale_q = " ".join(f"{r:.2f}" for r in result["recovered_by_scale_quartile"])
     print(f"=== {variant}: held-out EV {result['explained_variance']:.3f}  L0 "
           f"{result['l0']:.1f}  dead {result['dead_fraction']:.3f}  recovered @cos {rec}  "
-          f"(mean max cos {result['mean_max_cos']:.3f})  wall {wall:.0f} s", flush=True)
+          f"(by scale quartile, weakest first: {scale_q})  wall {wall:.0f} s", flush=True)
     return result
 
 
@@ -301,8 +327,8 @@ def main(argv=None) -> dict:
     try:
         root = os.path.join(workdir, "acts")
         print(f"workdir {workdir}; generator {json.dumps(args.gen)}", flush=True)
-        feats, data_info = build_store(root, args.gen)
-        results = {v: run_variant(args, v, root, workdir, feats) for v in args.variants}
+        truth, data_info = build_store(root, args.gen)
+        results = {v: run_variant(args, v, root, workdir, truth) for v in args.variants}
     finally:
         if tmp and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -313,10 +339,8 @@ def main(argv=None) -> dict:
         results=results,
         config={
             "quick": args.quick, "generator": args.gen, "data": data_info,
-            "d_sae": args.d_sae, "steps": args.steps, "batch_size": args.batch_size,
-            "eval_rows": args.eval_rows, "dead_steps": args.dead_steps,
-            "lr_anthropic": args.lr_anthropic, "l1_coef": args.l1_coef,
-            "lr_topk": args.lr_topk, "k": args.k,
+            "d_sae": args.d_sae, "eval_rows": args.eval_rows,
+            "variants": {v: args.settings[v] for v in args.variants},
         },
         wall_s=round(time.time() - t0, 1),
     )
