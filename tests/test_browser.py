@@ -268,3 +268,18 @@ def test_corpus_markup_shows_as_text_and_never_runs(driver, tmp_path):
     # The check above does catch markup that runs: inject some the unsafe way.
     driver.execute_script("document.body.innerHTML += arguments[0]", PAYLOADS[1])
     _wait(driver, lambda d: d.execute_script("return window.__alerts") > 0)
+
+
+def test_report_examples_come_from_the_index_without_concepts(site):
+    """On real text (no concept table) the report's examples are the densest live features."""
+    from monosem_jax.analysis import report
+
+    workdir, _ = site
+    out_dir = os.path.join(workdir, "browser")
+    chosen = report.example_features({"concept_table": None}, out_dir, count=3)
+    index = _index(out_dir)
+    column = {name: i for i, name in enumerate(index["columns"])}
+    live = [r for r in index["rows"]
+            if report.read_feature_record(out_dir, r[column["id"]]).get("top")]
+    densest = sorted(live, key=lambda r: -r[column["density"]])[:3]
+    assert [c["id"] for c in chosen] == [r[column["id"]] for r in densest]

@@ -78,12 +78,13 @@ def example_features(eval_json: dict, browser_dir: str, count: int = 5) -> list[
     table = sorted(eval_json.get("concept_table") or [], key=lambda r: -r["f1"])
     candidates = [r["feature"] for r in table]
     index_path = os.path.join(browser_dir, "features_index.js")
-    if os.path.exists(index_path):  # then the most active features of the index
+    if os.path.exists(index_path):  # then the densest features of the browser's index
         with open(index_path) as f:
             text = f.read()
-        rows = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
-        rows = rows.get("features", rows) if isinstance(rows, dict) else rows
-        candidates += [r["id"] if isinstance(r, dict) else r[0] for r in rows]
+        index = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+        column = {name: i for i, name in enumerate(index["columns"])}
+        rows = sorted(index["rows"], key=lambda r: -(r[column["density"]] or 0.0))
+        candidates += [r[column["id"]] for r in rows]
     for feature in candidates:
         record = read_feature_record(browser_dir, int(feature))
         if (
