@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -66,20 +64,7 @@ def sample_loop(
     return buf_BL
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_new", "top_k", "intervene"))
-def sample(
-    cfg: gpt_model.GPTConfig,
-    params: dict,
-    prompt_BL: jax.Array,
-    prompt_len: jax.Array,
-    rng: jax.Array,
-    *,
-    num_new: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    intervene=None,
-) -> jax.Array:
-    """`sample_loop` compiled over the model's full context; `intervene` here is a hashable
-    tuple of (hook, fn) pairs (a static argument)."""
-    return sample_loop(cfg, params, prompt_BL, prompt_len, rng, num_new=num_new,
-                       temperature=temperature, top_k=top_k, intervene=intervene)
+# `sample_loop` compiled; `intervene` is then a hashable tuple of (hook, fn) pairs (static).
+sample = jax.jit(
+    sample_loop, static_argnames=("cfg", "num_new", "top_k", "intervene", "buffer_len")
+)
