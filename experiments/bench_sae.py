@@ -97,7 +97,7 @@ def parse_args(argv=None):
     ap.add_argument("--no-malloc-tuning", action="store_true")
     ap.add_argument("--skip-peer", action="store_true", help="our side only (debugging)")
     ap.add_argument("--no-what-if", action="store_true",
-                    help="skip the extra TopK run with a sparse-decode loss (not the project's)")
+                    help="skip the extra TopK run with the former dense-decode loss")
     ap.add_argument("--study-topk", action="store_true",
                     help="time the TopK encode alternatives (encode alone and in the full step)")
     ap.add_argument("--study-l1", action="store_true",
@@ -335,7 +335,7 @@ def bench(a) -> dict:
     ours = {p: Ours(PAIRS[p][0], a, train_ND, held_ND) for p in pairs}
     what_if = None
     if "topk" in pairs and not a.no_what_if:
-        what_if = Ours("topk", a, train_ND, held_ND, loss=loss_topk_sparse_decode)
+        what_if = Ours("topk", a, train_ND, held_ND, loss=loss_topk_dense_decode)
     # The peer's CPU time per step: its process CPU in a short run, subtracted from each full
     # run's, leaves the CPU time of the extra steps (imports, data, eval cancel out).
     peer_short = {}
@@ -368,7 +368,7 @@ def bench(a) -> dict:
                     f"{res['cpu_s_per_step']:.3f} CPU-s/step, "
                     f"EV {res['explained_variance']:.4f}, l0 {res['l0']:.1f}")
                 if side == "ours" and p == "topk" and what_if is not None:
-                    log(f"round {r}: topk what-if (sparse-decode loss) ...")
+                    log(f"round {r}: topk what-if (the former dense-decode loss) ...")
                     rec["topk_what_if"] = res = what_if.run()
                     log(f"  {res['tokens_per_s']:.0f} tokens/s, "
                         f"{res['cpu_s_per_step']:.3f} CPU-s/step, "
@@ -495,22 +495,19 @@ def summarise(a, pairs, rounds, peer_short) -> dict:
         out[p] = res
     wi = [r for r in rounds if "topk_what_if" in r]
     if wi:
-        out["topk_what_if_sparse_decode"] = {
+        out["topk_what_if_dense_decode"] = {
             "what": "NOT the project's step: our topk step with losses.loss_topk replaced by "
-                    "bench_sae.loss_topk_sparse_decode (x_hat = sum_k f_k W_dec[idx_k], "
-                    "gathering k decoder rows; same loss while no latent is dead)",
+                    "bench_sae.loss_topk_dense_decode (x_hat = f_BF @ W_dec, the project's "
+                    "loss before the sparse decode; same loss while no latent is dead)",
             "tokens_per_s": med([r["topk_what_if"]["tokens_per_s"] for r in wi]),
             "ratio_vs_peer_median_of_rounds": med([
                 r["topk_what_if"]["tokens_per_s"] / r["topk_peer"]["tokens_per_s"]
                 for r in wi if "topk_peer" in r]),
-            "ratio_cpu_time_vs_peer_median_of_rounds": med([
-                r["topk_peer"]["cpu_s_per_step"] / r["topk_what_if"]["cpu_s_per_step"]
-                for r in wi if "topk_peer" in r]),
-            "speedup_vs_ours_dense": med([r["topk_what_if"]["tokens_per_s"]
-                                          / r["topk_ours"]["tokens_per_s"] for r in wi]),
-            "speedup_vs_ours_dense_cpu_time": med([r["topk_ours"]["cpu_s_per_step"]
-                                                   / r["topk_what_if"]["cpu_s_per_step"]
-                                                   for r in wi]),
+            "sparse_speedup_vs_dense": med([r["topk_ours"]["tokens_per_s"]
+                                            / r["topk_what_if"]["tokens_per_s"] for r in wi]),
+            "sparse_speedup_vs_dense_cpu_time": med([r["topk_what_if"]["cpu_s_per_step"]
+                                                     / r["topk_ours"]["cpu_s_per_step"]
+                                                     for r in wi]),
             "per_round_tokens_per_s": [r["topk_what_if"]["tokens_per_s"] for r in wi],
             "quality_heldout": {key: med([r["topk_what_if"][key] for r in wi])
                                 for key in ("explained_variance", "mse", "l0",
@@ -594,18 +591,17 @@ def alt_bisect(z_BF, k_max, k=None):
     return jnp.where(key >= t, jax.nn.relu(z_BF), 0.0)
 
 
-def loss_topk_sparse_decode(params, x_BD, hp, dead_F, cfg):
-    """loss_topk with x̂ = Σ_k f_k W_dec[idx_k] (gather k rows) instead of f_BF @ W_dec."""
+def loss_topk_dense_decode(params, x_BD, hp, dead_F, cfg):
+    """loss_topk as it was before the sparse decode: x̂ = f_BF @ W_dec with the dense [B, F]
+    TopK activation (model.topk_activation, which the TopK study patches)."""
     # Same value as losses.loss_topk while nothing is dead (no AuxK term; dead_steps = 1000 in
-    # this bench). Backward: d vals = g·W_dec[idx]ᵀ, dW_dec a scatter-add of B·k rows.
+    # this bench), up to float summation order.
     del dead_F
     x_BD = x_BD.astype(jnp.float32)
     z_BF = sae_model.preacts_pre_bias(params, x_BD)
-    vals_BK, idx_BK = sae_model.topk_select(z_BF, cfg.k, hp["k"])
-    w_BKD = params["w_dec_FD"][idx_BK]
-    xhat_BD = jnp.einsum("bk,bkd->bd", vals_BK, w_BKD) + params["b_dec_D"][None]
+    f_BF = sae_model.topk_activation(z_BF, cfg.k, hp["k"])
+    xhat_BD = sae_model.decode(params, f_BF)
     mse = jnp.mean(jnp.sum(jnp.square(x_BD - xhat_BD), axis=1))
-    f_BF = jax.lax.stop_gradient(_scatter_rows(z_BF, idx_BK, vals_BK))
     return mse, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse,
                  "auxk": jnp.zeros((), jnp.float32)}
 
@@ -677,14 +673,14 @@ def study_topk(a) -> dict:
     # full train step, each alternative compiled once, rounds alternate the order
     step_alts = {k: v for k, v in alts.items() if not k.startswith("bisect")}
     compiled = {}
-    for name, fn in step_alts.items():
-        with patched([(sae_model, "topk_activation", fn)]):
+    for name, fn in step_alts.items():  # each in the former dense-decode loss
+        with patched([(sae_model, "topk_activation", fn),
+                      (sae_losses.LOSSES, "topk", loss_topk_dense_decode)]):
             compiled[name] = jax.jit(functools.partial(sae_step.train_step, cfg=cfg),
                                      donate_argnums=0).lower(st, xs[0], hp).compile()
-    with patched([(sae_losses.LOSSES, "topk", loss_topk_sparse_decode)]):
-        compiled["sparse decode loss (gather k rows)"] = jax.jit(
-            functools.partial(sae_step.train_step, cfg=cfg), donate_argnums=0
-        ).lower(st, xs[0], hp).compile()
+    compiled["project loss: sparse decode (gather k rows)"] = jax.jit(
+        functools.partial(sae_step.train_step, cfg=cfg), donate_argnums=0
+    ).lower(st, xs[0], hp).compile()
     names = list(compiled)
     timings = {n: {"wall_ms": [], "cpu_ms": []} for n in names}
     finals = {}

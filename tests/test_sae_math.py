@@ -282,6 +282,19 @@ def test_topk_selection():
     assert np.all(np.sum(f_default != 0, axis=1) == cfg.k)
 
 
+def test_sparse_topk_decode_equals_dense_decode():
+    """loss_topk decodes from (values, indices): the same x̂ and f as the dense TopK path."""
+    cfg = _cfg("topk")
+    params, x = _random_params(cfg), _x()
+    z = model.preacts_pre_bias(params, x)
+    for k in (cfg.k, 2):
+        vals, idx = model.topk_select(z, cfg.k, jnp.asarray(k))
+        dense = model.topk_activation(z, cfg.k, jnp.asarray(k))
+        np.testing.assert_allclose(model.decode_sparse(params, vals, idx),
+                                   model.decode(params, dense), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(model.scatter_topk(z, vals, idx), dense)
+
+
 @pytest.mark.parametrize("num_dead", [10, 4])
 def test_auxk_selection(num_dead):
     rng = np.random.default_rng(0)

@@ -73,8 +73,14 @@ def loss_topk(
     """mean ‖x − x̂‖² + aux_coef · AuxK, f = ReLU(TopK_k(W_enc (x − b_dec) + b_enc))."""
     x_BD = x_BD.astype(jnp.float32)
     z_BF = model.preacts_pre_bias(params, x_BD)
-    f_BF = model.topk_activation(z_BF, cfg.k, hp["k"])
-    xhat_BD = model.decode(params, f_BF)
+    # Sparse decode: x̂ = Σ_k f_k W_dec[idx_k] + b_dec gathers k decoder rows per row instead of
+    # a dense [B,F]x[F,D] product (and its two backward products: the W_dec gradient becomes a
+    # scatter-add of B·k rows). Same value up to summation order; experiments/bench_sae.py
+    # measured 1.7x the whole step on CPU at B = F = 4096, k = 32. The dense f is only kept for
+    # the metrics and dead-feature tracking, without a gradient.
+    vals_BK, idx_BK = model.topk_select(z_BF, cfg.k, hp["k"])
+    xhat_BD = model.decode_sparse(params, vals_BK, idx_BK)
+    f_BF = jax.lax.stop_gradient(model.scatter_topk(z_BF, vals_BK, idx_BK))
     mse = _mse(x_BD, xhat_BD)
     e_BD = jax.lax.stop_gradient(x_BD - xhat_BD)  # AuxK fits the residual; it does not move it
     # Skip the extra top_k and [B,F]x[F,D] products while nothing is dead (early training). With

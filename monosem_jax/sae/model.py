@@ -131,9 +131,9 @@ def topk_select(
     # value is 5x slower alone. XLA:CPU's TopK call is ~60 ms of a ~600 CPU-ms step: the time
     # is in the step's five [B,d]x[d,F]-sized GEMMs, three of them for the dense decode. What
     # pays is a sparse decode (Σ_k f_k W_dec[idx_k] from these (values, indices) instead of
-    # f_BF @ W_dec): 1.7x the whole step, same result up to float summation order, but that
-    # is a change to the loss (losses.loss_topk), not to the activation. (Gather-based encoder
-    # gradients on top of it were slower than the dense dW_enc GEMM.)
+    # f_BF @ W_dec): 1.7x the whole step, same result up to float summation order, which is
+    # what losses.loss_topk does (`decode_sparse`). (Gather-based encoder gradients on top of it
+    # were slower than the dense dW_enc GEMM.)
     vals_BK, idx_BK = jax.lax.top_k(z_BF, k_max)
     if k is not None:  # top_k sorts descending, so the first k of k_max are the k largest
         keep_K = jnp.arange(k_max) < k
@@ -142,11 +142,16 @@ def topk_select(
     return jax.nn.relu(vals_BK), idx_BK
 
 
+def scatter_topk(z_BF: jax.Array, vals_BK: jax.Array, idx_BK: jax.Array) -> jax.Array:
+    """The dense [B, F] activations of a sparse (values, indices) TopK selection."""
+    rows_B1 = jnp.arange(z_BF.shape[0])[:, None]
+    return jnp.zeros_like(z_BF).at[rows_B1, idx_BK].set(vals_BK, unique_indices=True)
+
+
 def topk_activation(z_BF: jax.Array, k_max: int, k: jax.Array | None = None) -> jax.Array:
     """ReLU of the k largest pre-activations per row, zero elsewhere (k traced, <= static k_max)."""
     vals_BK, idx_BK = topk_select(z_BF, k_max, k)
-    rows_B1 = jnp.arange(z_BF.shape[0])[:, None]
-    return jnp.zeros_like(z_BF).at[rows_B1, idx_BK].set(vals_BK, unique_indices=True)
+    return scatter_topk(z_BF, vals_BK, idx_BK)
 
 
 def encode_relu(cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None) -> jax.Array:
@@ -196,6 +201,12 @@ def encode(cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None =
 def decode(params: Params, f_BF: jax.Array) -> jax.Array:
     """x̂ = f W_dec + b_dec."""
     return f_BF @ params["w_dec_FD"] + params["b_dec_D"][None]
+
+
+def decode_sparse(params: Params, vals_BK: jax.Array, idx_BK: jax.Array) -> jax.Array:
+    """x̂ = Σ_k vals_k W_dec[idx_k] + b_dec: `decode` of a sparse TopK code (k rows gathered)."""
+    w_BKD = params["w_dec_FD"][idx_BK]
+    return jnp.einsum("bk,bkd->bd", vals_BK, w_BKD) + params["b_dec_D"][None]
 
 
 def feature_acts(
