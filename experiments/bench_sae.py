@@ -28,12 +28,13 @@ machine hits both sides alike; medians over rounds and the ratio of each round's
 reported. Both processes are pinned to the same cores (--cpus, sched_setaffinity / taskset),
 the peer with torch.set_num_threads(len(cpus)), and both get the same glibc malloc settings.
 
-Fraction of peak: the matmul FLOPs the variant needs (10·B·d·F for anthropic_2024 and for our
-topk: forward x·W_enc, f·W_dec; backward dW_dec, df, dW_enc; the pre-encoder bias is folded
-into b_enc, so no 6th GEMM) per second, over the best float32 matmul rate measured in the same
-round in this process (a 4096³ matmul as gemm_peak.py's jax backend, and each of the step's
-five GEMM shapes in the orientation XLA compiles them). SAELens needs 12·B·d·F (its b_dec
-subtraction adds a [B,d]x[d,F] product in the backward pass).
+Fraction of peak: the matmul FLOPs the variant needs (10·B·d·F for anthropic_2024: forward
+x·W_enc, f·W_dec; backward dW_dec, df, dW_enc; no pre-encoder bias, so no 6th GEMM; our topk
+decodes sparsely, so 4·B·d·F + 6·B·k·d; "gemm_bound" still sums the five dense GEMMs) per
+second, over the best float32 matmul rate measured in the same round in this process (a
+4096³ matmul as gemm_peak.py's jax backend, and each of the step's five GEMM shapes in the
+orientation XLA compiles them). SAELens needs 12·B·d·F (its b_dec subtraction adds a
+[B,d]x[d,F] product in the backward pass).
 
 Prints one JSON object last.
 """
@@ -384,7 +385,11 @@ def _peak(run: dict, key: str) -> float:
 
 def summarise(a, pairs, rounds, peer_short) -> dict:
     B, D, F = a.batch, a.d, a.d_sae
-    flops_ours, flops_peer = 10.0 * B * D * F, 12.0 * B * D * F
+    # Matmul FLOPs each side really computes. Our topk decodes sparsely: 4·B·d·F for the
+    # encoder (forward and dW_enc; no dx is needed) plus 6·B·k·d for the gathered decode
+    # (forward, d values, the dW_dec scatter-add).
+    flops_ours_of = {"l1": 10.0 * B * D * F, "topk": 4.0 * B * D * F + 6.0 * B * a.k * D}
+    flops_peer = 12.0 * B * D * F
     out = {
         "bench": "sae_step_vs_saelens",
         "command": " ".join([sys.executable, *sys.argv]),
@@ -403,8 +408,9 @@ def summarise(a, pairs, rounds, peer_short) -> dict:
             "peer": "peer_saelens.py tokens_per_s: SAETrainer.fit() loop after its warm-up "
                     "steps (index_select batch gather, forward, backward, clip, Adam, "
                     "dead-feature bookkeeping)"},
-        "flops_per_step": {"ours": flops_ours, "peer": flops_peer,
-                           "ours_formula": "10*B*d*F", "peer_formula": "12*B*d*F"},
+        "flops_per_step": {"ours": {p: flops_ours_of[p] for p in pairs}, "peer": flops_peer,
+                           "ours_formula": {"l1": "10*B*d*F", "topk": "4*B*d*F + 6*B*k*d"},
+                           "peer_formula": "12*B*d*F"},
         "metric_notes": {
             "ratio": "ours tokens/s over the peer's, each round's pair (wall clock)",
             "ratio_cpu_time": "the same in tokens per CPU-second (ours: the timed loop's "
@@ -419,6 +425,7 @@ def summarise(a, pairs, rounds, peer_short) -> dict:
                                          "rates over the step's time"},
     }
     for p in pairs:
+        flops_ours = flops_ours_of[p]
         ours_r = [r[f"{p}_ours"] for r in rounds]
         paired = [r for r in rounds if f"{p}_peer" in r]
         peer_r = [r[f"{p}_peer"] for r in paired]
