@@ -35,6 +35,23 @@ def read_json(path: str | os.PathLike):
         return json.load(f)
 
 
+def config_difference(recorded, wanted, prefix: str = "") -> str | None:
+    """The first value where a recorded config differs from the wanted one, or None.
+
+    Keys the record lacks are not differences: a newer version added them to the configs, and a
+    work directory written before the upgrade stays usable (its record is then rewritten).
+    """
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        for key in sorted(recorded):
+            diff = config_difference(recorded[key], wanted.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return None
+    if recorded != wanted:
+        return f"{prefix.rstrip('.')}: was {recorded!r}, now {wanted!r}"
+    return None
+
+
 def finish_summary(path: str | os.PathLike, summary: dict) -> dict:
     """Writes the stage summary and prints it as the binary's last stdout line."""
     summary = {k: _plain(v) for k, v in summary.items()}

@@ -87,23 +87,13 @@ def check_stage_config(config, workdir: str, stage: Stage) -> None:
     path = os.path.join(workdir, "pipeline", f"{stage.name}.json")
     wanted = _sections_json(config, stage.sections)
     if os.path.exists(path):
-        recorded = metrics_io.read_json(path)
-        if recorded != wanted:
-            diffs = _first_difference(recorded, wanted)
+        diff = metrics_io.config_difference(metrics_io.read_json(path), wanted)
+        if diff:
             raise ValueError(
-                f"{workdir} holds a '{stage.name}' stage made with a different config ({diffs}); "
+                f"{workdir} holds a '{stage.name}' stage made with a different config ({diff}); "
                 "use a new --workdir or the original config"
             )
-    else:
-        metrics_io.write_json_atomic(path, wanted)
-
-
-def _first_difference(old, new, prefix="") -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-    return f"{prefix.rstrip('.')}: was {old!r}, now {new!r}"
+    metrics_io.write_json_atomic(path, wanted)  # also records keys added since
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:

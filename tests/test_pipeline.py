@@ -64,6 +64,25 @@ def test_changed_config_on_a_finished_stage_is_refused(tmp_path):
     assert (tmp_path / "pipeline" / "corpus.json").read_text() == recorded
 
 
+def test_keys_added_since_a_stage_ran_are_recorded_not_refused(tmp_path):
+    """A work directory from before an upgrade that added a config key stays usable."""
+    import json
+
+    config = tiny.get_config("smoke")
+    stage = next(s for s in pipeline.STAGES if s.name == "sae")
+    pipeline.check_stage_config(config, str(tmp_path), stage)
+    path = tmp_path / "pipeline" / "sae.json"
+    old = json.loads(path.read_text())
+    del old["sae"]["dead_steps"]  # as recorded by a version without the key
+    path.write_text(json.dumps(old))
+    pipeline.check_stage_config(config, str(tmp_path), stage)
+    assert "dead_steps" in json.loads(path.read_text())["sae"]  # the record is brought up to date
+    old["sae"]["d_sae"] = 7  # a real difference is still refused
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="sae.d_sae: was 7"):
+        pipeline.check_stage_config(config, str(tmp_path), stage)
+
+
 def test_stage_order_and_folders():
     names = [s.name for s in pipeline.STAGES]
     assert names == ["corpus", "lm", "acts", "sae", "eval", "browser", "report"]

@@ -210,11 +210,14 @@ def _record_config(spec: RunSpec, config) -> None:
         "seed": spec.seed,
     }
     wanted["sae"].pop("sweep", None)
-    if os.path.exists(path) and metrics_io.read_json(path) != json.loads(json.dumps(wanted)):
-        raise ValueError(
-            f"{spec.run_dir} holds an SAE run with a different config; pick another "
-            "--config.name or delete that folder"
-        )
+    if os.path.exists(path):
+        diff = metrics_io.config_difference(metrics_io.read_json(path),
+                                            json.loads(json.dumps(wanted)))
+        if diff:
+            raise ValueError(
+                f"{spec.run_dir} holds an SAE run with a different config ({diff}); pick "
+                "another --config.name or delete that folder"
+            )
     metrics_io.write_json_atomic(path, wanted)
 
 
