@@ -90,6 +90,14 @@ def ref_anthropic(p, x, l1_coef):
     return _np_mse(x, xhat) + l1_coef * np.mean(np.sum(f * norms, axis=1))
 
 
+def ref_matryoshka(p, x, l1_coef, prefixes):
+    """Each prefix decoded on its own (no cumulative sums): the definition, not the algorithm."""
+    f = np.maximum(x @ p["w_enc_DF"] + p["b_enc_F"], 0.0)
+    mses = [_np_mse(x, f[:, :m] @ p["w_dec_FD"][:m] + p["b_dec_D"]) for m in prefixes]
+    norms = np.linalg.norm(p["w_dec_FD"], axis=1)
+    return np.mean(mses) + l1_coef * np.mean(np.sum(f * norms, axis=1)), mses
+
+
 def ref_towards(p, x, l1_coef):
     f = np.maximum((x - p["b_dec_D"]) @ p["w_enc_DF"] + p["b_enc_F"], 0.0)
     xhat = f @ p["w_dec_FD"] + p["b_dec_D"]
@@ -148,6 +156,47 @@ def test_anthropic_loss_and_grads():
     np.testing.assert_allclose(float(loss), ref(_f64(params)), rtol=1e-5)
     assert set(aux) >= {"f_BF", "xhat_BD", "mse", "l1"}
     _assert_grads_close(g, _fd_grad(ref, _f64(params)))
+
+
+def test_matryoshka_loss_and_grads():
+    cfg = _cfg("matryoshka", prefixes=(3, 10, 20))  # uneven chunks; F = 32 appended
+    assert cfg.prefixes == (3, 10, 20, F)
+    params, x = _random_params(cfg), _x()
+    hp = step.default_hparams(cfg, l1_coef=0.7)
+    loss, aux, g = _value_and_grad(losses.loss_matryoshka, params, x, hp, None, cfg)
+    x64 = np.asarray(x, np.float64)
+    ref = lambda p: ref_matryoshka(p, x64, 0.7, cfg.prefixes)[0]
+    np.testing.assert_allclose(float(loss), ref(_f64(params)), rtol=1e-5)
+    mses = ref_matryoshka(_f64(params), x64, 0.7, cfg.prefixes)[1]
+    assert len(set(np.round(mses, 6))) == 4  # every prefix reconstructs differently
+    np.testing.assert_allclose(float(aux["mse"]), mses[-1], rtol=1e-5)  # the full dictionary's
+    for i, m in enumerate(mses[:-1]):
+        np.testing.assert_allclose(float(aux[f"mse_prefix{i}"]), m, rtol=1e-5)
+    assert "mse_prefix3" not in aux
+    _assert_grads_close(g, _fd_grad(ref, _f64(params)))
+
+
+def test_matryoshka_single_prefix_is_anthropic_2024():
+    cfg = _cfg("matryoshka", prefixes=(F,))
+    params, x = _random_params(cfg), _x()
+    hp = step.default_hparams(cfg, l1_coef=0.7)
+    loss, aux, g = _value_and_grad(losses.loss_matryoshka, params, x, hp, None, cfg)
+    want, want_aux, want_g = _value_and_grad(losses.loss_anthropic_2024, params, x, hp, None,
+                                             _cfg("anthropic_2024"))
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(aux["xhat_BD"]), np.asarray(want_aux["xhat_BD"]),
+                               rtol=1e-5, atol=1e-6)
+    for name in want_g:
+        np.testing.assert_allclose(np.asarray(g[name]), np.asarray(want_g[name]), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+
+
+def test_matryoshka_default_prefixes():
+    assert model.SAEConfig(variant="matryoshka", d_sae=2048).prefixes == (64, 256, 1024, 2048)
+    assert model.SAEConfig(variant="matryoshka", d_sae=16).prefixes == (1, 2, 8, 16)
+    assert model.SAEConfig(variant="matryoshka", d_sae=64, prefixes=[4, 16]).prefixes == (
+        4, 16, 64)  # lists (as config.json restores them) become tuples; d_sae appended
+    assert model.SAEConfig(d_sae=64, prefixes=[4]).prefixes == (4,)  # others: not resolved
 
 
 def test_towards_2023_loss_and_grads():
@@ -311,7 +360,8 @@ def test_auxk_selection(num_dead):
         assert set(np.flatnonzero(f[b])) == want
 
 
-@pytest.mark.parametrize("variant", ["anthropic_2024", "towards_2023", "jl", "jumprelu"])
+@pytest.mark.parametrize("variant",
+                         ["anthropic_2024", "towards_2023", "jl", "jumprelu", "matryoshka"])
 def test_fold_decoder_norms(variant):
     cfg = _cfg(variant)
     params, x = _random_params(cfg), _x()
@@ -386,6 +436,12 @@ def test_default_hparams_dtypes():
     (dict(d=-1), "d"),
     (dict(variant="sparse_magic"), "variant"),
     (dict(variant="jumprelu", jumprelu_bandwidth=0.0), "jumprelu_bandwidth"),
+    (dict(variant="matryoshka", d_sae=16, prefixes=(4, 4)), "prefixes"),
+    (dict(variant="matryoshka", d_sae=16, prefixes=(8, 4)), "prefixes"),
+    (dict(variant="matryoshka", d_sae=16, prefixes=(0, 8)), "prefixes"),
+    (dict(variant="matryoshka", d_sae=16, prefixes=(4, 32)), "prefixes"),
+    (dict(variant="matryoshka", d_sae=16, prefixes=(4.0, 8)), "prefixes"),
+    (dict(variant="matryoshka", d_sae=16, prefixes=8), "prefixes"),
 ])
 def test_invalid_config(kwargs, field):
     with pytest.raises(ValueError, match=f"SAEConfig.{field}="):
@@ -432,7 +488,8 @@ def test_train_step_runs(variant):
     new, metrics = fn(state, x, hp)
     want_keys = {"loss", "mse", "nmse", "explained_variance", "l0", "l1", "lr", "l1_coef",
                  "dead_fraction", "grad_norm"}
-    want_keys |= {"topk": {"auxk"}, "jl": {"jl"}, "jumprelu": {"l0"}}.get(variant, set())
+    want_keys |= {"topk": {"auxk"}, "jl": {"jl"}, "jumprelu": {"l0"},
+                  "matryoshka": {"mse_prefix0", "mse_prefix2"}}.get(variant, set())
     assert set(metrics) >= want_keys
     for name, v in metrics.items():
         assert v.dtype == jnp.float32 and v.shape == () and np.isfinite(float(v)), name

@@ -88,13 +88,26 @@ def test_train_writes_held_out_summary(store_root, tmp_path):
     assert sae_train.train_sae(_config(store_root, steps=60), str(tmp_path)) == summary
 
 
-@pytest.mark.parametrize("variant", ["topk", "towards_2023", "jl", "jumprelu"])
+@pytest.mark.parametrize("variant", ["topk", "towards_2023", "jl", "jumprelu", "matryoshka"])
 def test_every_variant_trains(store_root, tmp_path, variant):
     config = _config(store_root, steps=30, variant=variant, resample_steps="15", dead_steps=5)
     summary = sae_train.train_sae(config, str(tmp_path))
     assert summary["variant"] == variant and np.isfinite(summary["mse"])
     if variant == "topk":
         assert summary["l0"] <= 8
+
+
+def test_matryoshka_prefixes_are_recorded_and_reloaded(store_root, tmp_path):
+    config = _config(store_root, steps=20, variant="matryoshka", prefixes="8,32")
+    sae_train.train_sae(config, str(tmp_path))
+    run_dir = tmp_path / "sae" / "matryoshka"
+    recorded = json.load(open(run_dir / "config.json"))
+    assert recorded["sae_config"]["prefixes"] == [8, 32, 64]  # d_sae appended
+    row = json.loads(open(run_dir / "metrics.jsonl").readline())
+    assert {"mse_prefix0", "mse_prefix1"} <= set(row) and "mse_prefix2" not in row
+    assert row["mse_prefix0"] > row["mse_prefix1"] > row["mse"]
+    loaded = sae_train.load_sae(str(tmp_path), "matryoshka")
+    assert loaded.sae_cfg.prefixes == (8, 32, 64)  # a tuple again (hashable: a static jit arg)
 
 
 def test_held_out_rows_are_never_trained_on(store_root):
@@ -114,6 +127,8 @@ def test_held_out_rows_are_never_trained_on(store_root):
         (dict(d_sae=0), "d_sae"),
         (dict(variant="relu9"), "variant"),
         (dict(steps=0), "steps"),
+        (dict(variant="matryoshka", prefixes="32,8"), "prefixes"),
+        (dict(variant="matryoshka", prefixes="8,x"), "prefixes"),
     ],
 )
 def test_invalid_hyperparameters_are_clear_errors(store_root, tmp_path, override, message):

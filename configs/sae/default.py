@@ -12,7 +12,8 @@ from ml_collections.config_dict import placeholder
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = ""  # run folder W/sae/<name>; "" = the variant's name
-    config.variant = "anthropic_2024"  # anthropic_2024 | topk | towards_2023 | jl | jumprelu
+    # anthropic_2024 | topk | towards_2023 | jl | jumprelu | matryoshka
+    config.variant = "anthropic_2024"
     config.hook = "blocks.1.hook_resid_post"  # which captured store to train on
     config.store = ""  # store root: "" = W/acts; else a path or a JSON TensorStore kvstore spec
 
@@ -27,7 +28,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # CPU budget (held-out EV 0.84 at L0 9 on the tiny GPT); long runs use Anthropic's 5e-5.
     config.lr = 2e-3
     config.lr_decay_frac = 0.2
-    config.l1_coef = placeholder(float)  # lambda of the L1 penalty (anthropic_2024, towards_2023)
+    # lambda of the L1 penalty (anthropic_2024, towards_2023, matryoshka)
+    config.l1_coef = placeholder(float)
     config.l1_warmup_frac = 0.05  # lambda warms up linearly over this fraction of steps
     config.k = 32  # topk: active latents
     config.k_start = 0  # topk: k at step 0, annealed to k (0 = no schedule)
@@ -38,6 +40,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.jl_warmup_frac = 0.4  # jl: the coefficient eases from 5x down to jl_coef (gpt_sae)
     config.l0_coef = placeholder(float)  # jumprelu: L0 coefficient
     config.jumprelu_bandwidth = 0.001
+    # matryoshka: comma-separated nested prefix sizes, e.g. "64,256,1024" (d_sae appended);
+    # "" = d_sae/32, d_sae/8, d_sae/2, d_sae
+    config.prefixes = ""
     config.dead_steps = (
         200  # steps without firing before a latent counts as dead (AuxK, resampling)
     )

@@ -198,10 +198,38 @@ def loss_jumprelu(
     return loss, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "l0": l0}
 
 
+def loss_matryoshka(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """mean over prefixes m of ‖x − x̂_m‖² + λ mean Σ_i f_i ‖W_dec,i‖, x̂_m from f[:, :m] only."""
+    # Bussmann et al. 2025 (Matryoshka SAEs; also Nabeshima 2024): each nested prefix of the
+    # dictionary must reconstruct x alone, so early latents keep broad concepts instead of
+    # splitting them among later, narrower ones. Equal prefix weights; the L1 is taken once
+    # over all latents; encoder, penalty and init are anthropic_2024's. x̂_m = x̂_{m'} + the next
+    # chunk's product, so the prefix reconstructions together cost one decode, not |P|.
+    del dead_F
+    x_BD = x_BD.astype(jnp.float32)
+    f_BF = jax.nn.relu(model.preacts(params, x_BD))
+    xhat_BD = jnp.broadcast_to(params["b_dec_D"][None], x_BD.shape)
+    mses, start = [], 0
+    for end in cfg.prefixes:
+        xhat_BD = xhat_BD + f_BF[:, start:end] @ params["w_dec_FD"][start:end]
+        mses.append(_mse(x_BD, xhat_BD))
+        start = end
+    l1 = decoder_weighted_l1(f_BF, model.decoder_norms(params))
+    loss = sum(mses) / len(mses) + hp["l1_coef"] * l1
+    # mse is the full dictionary's (comparable with the other variants); mse_prefix<i> that of
+    # the first cfg.prefixes[i] latents.
+    aux = {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mses[-1], "l1": l1}
+    aux.update({f"mse_prefix{i}": m for i, m in enumerate(mses[:-1])})
+    return loss, aux
+
+
 LOSSES = {
     "anthropic_2024": loss_anthropic_2024,
     "topk": loss_topk,
     "towards_2023": loss_towards_2023,
     "jl": loss_jl,
     "jumprelu": loss_jumprelu,
+    "matryoshka": loss_matryoshka,
 }

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 Params = dict[str, jax.Array]
 HParams = dict[str, jax.Array]
 
-VARIANTS = ("anthropic_2024", "topk", "towards_2023", "jl", "jumprelu")
+VARIANTS = ("anthropic_2024", "topk", "towards_2023", "jl", "jumprelu", "matryoshka")
 # Decoder rows kept at unit norm by the train step (gradient projection, then renormalisation):
 # Towards Monosemanticity (2023) and Gao et al. 2024 (openai/sparse_autoencoder train.py,
 # unit_norm_decoder_ + unit_norm_decoder_grad_adjustment_). The others leave decoder norms free
@@ -51,6 +51,11 @@ class SAEConfig:
     # Tied init: W_enc = dec_init_norm · U^T for unit directions U; decoder rows U · dec_init_norm,
     # except unit-norm-decoder variants (towards_2023, topk) whose rows start (and stay) at 1.
     dec_init_norm: float = 0.1
+    # matryoshka: nested prefix sizes m (the first m latents must reconstruct x on their own),
+    # strictly increasing and ending at d_sae (appended if missing); () = F/32, F/8, F/2, F.
+    # Resolved in __post_init__, so a config records the sizes it trained with. Other variants
+    # ignore the field.
+    prefixes: tuple[int, ...] = ()
 
     def __post_init__(self):
         _require(self.variant in VARIANTS, "variant", self.variant, f"one of {VARIANTS}")
@@ -68,6 +73,27 @@ class SAEConfig:
         _require(self.jumprelu_threshold_init > 0, "jumprelu_threshold_init",
                  self.jumprelu_threshold_init, "> 0")
         _require(self.dec_init_norm > 0, "dec_init_norm", self.dec_init_norm, "> 0")
+        # Frozen, so set through object; a tuple either way (JSON gives lists; jit needs a hash).
+        _require(isinstance(self.prefixes, (tuple, list)), "prefixes", self.prefixes,
+                 "a tuple of integers")
+        prefixes = (resolve_prefixes(self.prefixes, self.d_sae) if self.variant == "matryoshka"
+                    else tuple(self.prefixes))
+        object.__setattr__(self, "prefixes", prefixes)
+
+
+def resolve_prefixes(prefixes, d_sae: int) -> tuple[int, ...]:
+    """Validated nested prefix sizes ending at d_sae; () = (d_sae/32, d_sae/8, d_sae/2, d_sae)."""
+    # The default ratios are those of the experiment that recovered a single French-context
+    # feature (F = 1024: prefixes 32, 128, 512, 1024); BUILD.md "SAE math" has the figures.
+    if not prefixes:
+        return tuple(sorted({max(1, d_sae // r) for r in (32, 8, 2)} | {d_sae}))
+    sizes = tuple(prefixes)
+    valid = f"strictly increasing integers in [1, d_sae={d_sae}] (d_sae appended if missing)"
+    _require(all(_is_int(m) for m in sizes), "prefixes", prefixes, valid)
+    _require(sizes[0] > 0 and sizes[-1] <= d_sae, "prefixes", prefixes, valid)
+    _require(all(a < b for a, b in zip(sizes[:-1], sizes[1:], strict=True)), "prefixes", prefixes,
+             valid)
+    return sizes if sizes[-1] == d_sae else sizes + (d_sae,)
 
 
 def _is_int(v) -> bool:
@@ -155,7 +181,7 @@ def topk_activation(z_BF: jax.Array, k_max: int, k: jax.Array | None = None) -> 
 
 
 def encode_relu(cfg: SAEConfig, params: Params, x_BD: jax.Array, hp: HParams | None) -> jax.Array:
-    """anthropic_2024 / jl: ReLU(W_enc x + b_enc)."""
+    """anthropic_2024 / jl / matryoshka: ReLU(W_enc x + b_enc)."""
     del cfg, hp
     return jax.nn.relu(preacts(params, x_BD))
 
@@ -190,6 +216,7 @@ ENCODERS = {
     "towards_2023": encode_pre_bias_relu,
     "jl": encode_relu,
     "jumprelu": encode_jumprelu,
+    "matryoshka": encode_relu,
 }
 
 
@@ -221,6 +248,7 @@ def fold_decoder_norms(cfg: SAEConfig, params: Params) -> Params:
     # Scaling feature i's pre-activation by n_i scales f_i by n_i (ReLU and JumpReLU with θ·n_i
     # are positively homogeneous), so f_i W_dec,i is unchanged. TopK selection is not invariant
     # to per-feature scaling, but topk keeps unit-norm rows, so there n_i = 1 and this is a no-op.
+    # Matryoshka's prefixes are index ranges, which folding leaves in place.
     del cfg
     n_F = decoder_norms(params)
     folded = dict(params)

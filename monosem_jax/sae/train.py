@@ -72,7 +72,19 @@ def sae_config_from(config: ml_collections.ConfigDict, d: int, k: int | None = N
         k_aux=min(config.k_aux, config.d_sae),
         dead_steps=config.dead_steps,
         jumprelu_bandwidth=config.jumprelu_bandwidth,
+        prefixes=_int_list("prefixes", config.get("prefixes", "")),
     )
+
+
+def _int_list(field: str, value) -> tuple[int, ...]:
+    """'64,256' (or a sequence of ints) -> (64, 256); a clear ValueError otherwise."""
+    items = str(value).split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(int(v) for v in items if str(v).strip())
+    except ValueError:
+        raise ValueError(
+            f"config.{field}={value!r} is invalid; valid: comma-separated integers"
+        ) from None
 
 
 def hparams_from(config: ml_collections.ConfigDict, **overrides) -> dict:
