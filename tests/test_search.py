@@ -118,7 +118,7 @@ def test_rank_features_known_answer():
     orders = {"max_diff": [2, 3, 4, 0, 1], "norm_max_diff": [2, 4, 3, 0, 1],
               "fire_diff": [2, 4, 3, 0, 1], "f1": [2, 4, 3, 0, 1]}
     for score, order in orders.items():
-        st = search.SearchStatic(None, None, "", top_n=5, score=score)
+        st = search.SearchStatic(None, top_n=5, score=score)
         ids, _, pos, neg = search.rank_features(max_PF, pos_P, neg_P, st)
         assert ids.tolist() == order, score
         np.testing.assert_allclose(pos, np.array([5, 0, 2, 0.05, 0.01])[order], rtol=1e-6)

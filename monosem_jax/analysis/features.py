@@ -46,29 +46,11 @@ def feature_acts(sae: TrainedSAE, x_BLD: jax.Array) -> jax.Array:
     return f_NF.reshape(*x_BLD.shape[:-1], -1)
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "hook", "sae_static"))
-def _acts_and_features(lm_params, sae_arrays, tokens_BL, model_cfg, hook, sae_static):
-    sae = sae_static.with_arrays(sae_arrays)
-    _, captured = gpt_model.forward(model_cfg, lm_params, tokens_BL, capture=[hook])
-    x_BLD = captured[hook]
+@functools.partial(jax.jit, static_argnames="model_cfg")
+def _acts_and_features(lm_params, sae: TrainedSAE, tokens_BL, model_cfg):
+    _, captured = gpt_model.forward(model_cfg, lm_params, tokens_BL, capture=[sae.hook])
+    x_BLD = captured[sae.hook]
     return x_BLD, feature_acts(sae, x_BLD)
-
-
-class StaticSAE:
-    """Hashable shell of a TrainedSAE (its arrays travel separately through jit)."""
-
-    def __init__(self, sae: TrainedSAE):
-        self.sae = sae
-
-    def with_arrays(self, arrays) -> TrainedSAE:
-        params, hparams = arrays
-        return TrainedSAE(**{**self.sae.__dict__, "params": params, "hparams": hparams})
-
-    def __hash__(self):
-        return hash((self.sae.name, self.sae.sae_cfg, self.sae.hook, self.sae.norm_scale))
-
-    def __eq__(self, other):
-        return isinstance(other, StaticSAE) and hash(self) == hash(other)
 
 
 def iterate_features(
@@ -78,12 +60,10 @@ def iterate_features(
 
     The last batch is padded to `batch_size` (one compiled shape) and trimmed before yielding.
     """
-    static = StaticSAE(sae)
-    arrays = (sae.params, sae.hparams)
     for first in range(0, windows_WL.shape[0], batch_size):
         tokens_BL = windows_WL[first : first + batch_size]
         n = tokens_BL.shape[0]
         if n < batch_size:
             tokens_BL = np.concatenate([tokens_BL, np.repeat(tokens_BL[-1:], batch_size - n, 0)])
-        x_BLD, f_BLF = _acts_and_features(lm_params, arrays, tokens_BL, model_cfg, sae.hook, static)
+        x_BLD, f_BLF = _acts_and_features(lm_params, sae, tokens_BL, model_cfg)
         yield first, tokens_BL[:n], np.asarray(x_BLD)[:n], np.asarray(f_BLF)[:n]

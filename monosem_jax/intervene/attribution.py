@@ -36,8 +36,6 @@ import optax
 from monosem_jax import metrics_io
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.intervene import splice
-from monosem_jax.sae import model as sae_model
-from monosem_jax.sae import train as sae_train
 
 TARGETS_HELP = (
     "'loss' (mean next-token CE over the prompt), 'loss:last' (CE of the prompt's last token), "
@@ -108,9 +106,6 @@ class Static:
     """Everything shape- or branch-determining: a hashable static argument of the jitted core."""
 
     model_cfg: gpt_model.GPTConfig
-    sae_cfg: sae_model.SAEConfig
-    hook: str
-    norm_scale: float
     target: Target
     # Position 0 (the EOT attention sink, which capture leaves out of the SAE's training data)
     # stays entirely in the frozen error term: no feature is attributed there.
@@ -121,33 +116,23 @@ class Bound(NamedTuple):
     """A SplicedModel and target split into the static part and the array pytree."""
 
     static: Static
-    arrays: tuple  # (lm_params, sae_params, sae_hparams)
+    arrays: tuple  # (lm_params, the TrainedSAE: a pytree whose leaves are its arrays)
 
 
 def bind(model: splice.SplicedModel, target: Target, exclude_first: bool = True) -> Bound:
-    sae = model.sae
-    static = Static(
-        model.model_cfg, sae.sae_cfg, sae.hook, float(sae.norm_scale), target, exclude_first
-    )
-    return Bound(static, (model.lm_params, sae.params, sae.hparams))
-
-
-def _sae(static: Static, arrays: tuple) -> sae_train.TrainedSAE:
-    _, params, hparams = arrays
-    return sae_train.TrainedSAE(
-        "", static.sae_cfg, params, hparams, static.hook, static.norm_scale, 0
-    )
+    return Bound(Static(model.model_cfg, target, exclude_first), (model.lm_params, model.sae))
 
 
 def _all_directions(static: Static, arrays: tuple) -> jax.Array:
-    return splice.directions(_sae(static, arrays), jnp.arange(static.sae_cfg.d_sae))
+    sae = arrays[1]
+    return splice.directions(sae, jnp.arange(sae.sae_cfg.d_sae))
 
 
 def _shifted_target(static: Static, arrays: tuple, tokens_L, shift_LD) -> jax.Array:
     """The target with `shift` added to the hook's value (zero shift: the clean model)."""
     logits_1LV, _ = gpt_model.forward(
         static.model_cfg, arrays[0], tokens_L[None],
-        intervene={static.hook: lambda x_1LD: x_1LD + shift_LD[None].astype(x_1LD.dtype)},
+        intervene={arrays[1].hook: lambda x_1LD: x_1LD + shift_LD[None].astype(x_1LD.dtype)},
     )
     return target_value(static.target, logits_1LV[0], tokens_L)
 
@@ -156,9 +141,9 @@ def _shifted_target(static: Static, arrays: tuple, tokens_L, shift_LD) -> jax.Ar
 def clean(static: Static, arrays: tuple, tokens_L: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(activations a(x) [L, F] at the hook, clean target) of the unmodified LM."""
     logits_1LV, captured = gpt_model.forward(
-        static.model_cfg, arrays[0], tokens_L[None], capture=[static.hook]
+        static.model_cfg, arrays[0], tokens_L[None], capture=[arrays[1].hook]
     )
-    a_LF = splice.feature_acts(_sae(static, arrays), captured[static.hook])[0]
+    a_LF = splice.feature_acts(arrays[1], captured[arrays[1].hook])[0]
     if static.exclude_first:
         a_LF = a_LF.at[0].set(0.0)
     return a_LF, target_value(static.target, logits_1LV[0], tokens_L)
@@ -183,7 +168,7 @@ def attributions(static: Static, arrays: tuple, tokens_L, a0_LF) -> tuple[jax.Ar
 @functools.partial(jax.jit, static_argnums=0)
 def ablation_chunk(static: Static, arrays: tuple, tokens_L, a0_LF, ids_K) -> jax.Array:
     """T(a0) - T(a0 with feature k zeroed at every position), for each of ids_K (vmapped)."""
-    d_KD = splice.directions(_sae(static, arrays), ids_K)
+    d_KD = splice.directions(arrays[1], ids_K)
     value = _shifted_target(static, arrays, tokens_L, jnp.zeros((tokens_L.shape[0], d_KD.shape[1])))
 
     def ablated(i, d_D):  # removing a_i d_i is a rank-1 shift: no [L, F] x [F, D] per feature

@@ -42,8 +42,6 @@ import numpy as np
 from monosem_jax import metrics_io
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.intervene import splice
-from monosem_jax.sae import model as sae_model
-from monosem_jax.sae import train as sae_train
 
 SEPARATOR = "||"  # between the prompts of --config.with_prompts / without_prompts
 LENGTH_BUCKET = 16  # prompt lengths are padded up to a multiple of this: fewer compiled shapes
@@ -57,11 +55,10 @@ Prompt = str | tuple[str, str]
 
 @dataclasses.dataclass(frozen=True)
 class SearchStatic:
-    """Hashable settings of the jitted functions (arrays travel separately)."""
+    """Hashable settings of the jitted functions (the LM's arrays and the SAE travel as
+    arguments)."""
 
     model_cfg: gpt_model.GPTConfig
-    sae_cfg: sae_model.SAEConfig
-    hook: str
     top_n: int
     batch_size: int = 0  # contrastive: prompts per forward pass (lax.map over chunks)
     score: str = "f1"
@@ -131,18 +128,16 @@ def valid_positions(scored_P2: jax.Array, length: int) -> jax.Array:
     return (pos_L[None, :] >= scored_P2[:, :1]) & (pos_L[None, :] < scored_P2[:, 1:])
 
 
-def prompt_acts(st: SearchStatic, lm_params, sae_arrays, tokens_PL, scored_P2) -> jax.Array:
+def prompt_acts(st: SearchStatic, lm_params, sae, tokens_PL, scored_P2) -> jax.Array:
     """Reported activations [P, L, F] at the SAE's hook, zero outside the scored positions."""
-    params, hparams, norm_scale = sae_arrays
-    sae = sae_train.TrainedSAE("", st.sae_cfg, params, hparams, st.hook, norm_scale, 0)
-    _, captured = gpt_model.forward(st.model_cfg, lm_params, tokens_PL, capture=[st.hook])
-    a_PLF = splice.feature_acts(sae, captured[st.hook])
+    _, captured = gpt_model.forward(st.model_cfg, lm_params, tokens_PL, capture=[sae.hook])
+    a_PLF = splice.feature_acts(sae, captured[sae.hook])
     return jnp.where(valid_positions(scored_P2, tokens_PL.shape[1])[..., None], a_PLF, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames="st")
-def _summarise(lm_params, sae_arrays, tokens_PL, scored_P2, st: SearchStatic):
-    a_PLF = prompt_acts(st, lm_params, sae_arrays, tokens_PL, scored_P2)
+def _summarise(lm_params, sae, tokens_PL, scored_P2, st: SearchStatic):
+    a_PLF = prompt_acts(st, lm_params, sae, tokens_PL, scored_P2)
     tok_acts_PLN, tok_ids_PLN = jax.lax.top_k(a_PLF, st.top_n)
     count_P = jnp.maximum(scored_P2[:, 1] - scored_P2[:, 0], 1).astype(jnp.float32)
     mean_PF = a_PLF.sum(1) / count_P[:, None]
@@ -151,13 +146,13 @@ def _summarise(lm_params, sae_arrays, tokens_PL, scored_P2, st: SearchStatic):
     return tok_ids_PLN, tok_acts_PLN, top_ids_PN, top_max_PN, top_mean_PN
 
 
-def prompt_maxima(st: SearchStatic, lm_params, sae_arrays, tokens_PL, scored_P2) -> jax.Array:
+def prompt_maxima(st: SearchStatic, lm_params, sae, tokens_PL, scored_P2) -> jax.Array:
     """Max activation over each prompt's tokens [P, F], `st.batch_size` prompts per forward."""
     num, length = tokens_PL.shape
     chunks = (tokens_PL.reshape(-1, st.batch_size, length),
               scored_P2.reshape(-1, st.batch_size, 2))
     max_CBF = jax.lax.map(
-        lambda c: prompt_acts(st, lm_params, sae_arrays, *c).max(1), chunks
+        lambda c: prompt_acts(st, lm_params, sae, *c).max(1), chunks
     )
     return max_CBF.reshape(num, -1)
 
@@ -211,8 +206,8 @@ def rank_features(max_PF, pos_P, neg_P, st: SearchStatic):
 
 
 @functools.partial(jax.jit, static_argnames="st")
-def _contrast(lm_params, sae_arrays, tokens_PL, scored_P2, pos_P, neg_P, st: SearchStatic):
-    max_PF = prompt_maxima(st, lm_params, sae_arrays, tokens_PL, scored_P2)
+def _contrast(lm_params, sae, tokens_PL, scored_P2, pos_P, neg_P, st: SearchStatic):
+    max_PF = prompt_maxima(st, lm_params, sae, tokens_PL, scored_P2)
     return rank_features(max_PF, pos_P, neg_P, st)
 
 
@@ -222,11 +217,6 @@ def _contrast(lm_params, sae_arrays, tokens_PL, scored_P2, pos_P, neg_P, st: Sea
 def _check_top_n(top_n: int) -> None:
     if isinstance(top_n, bool) or int(top_n) != top_n or top_n <= 0:
         raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
-
-
-def _arrays(model: splice.SplicedModel):
-    sae = model.sae
-    return sae.params, sae.hparams, jnp.float32(sae.norm_scale)
 
 
 def _scored_start(model: splice.SplicedModel, prompt: Prompt) -> int:
@@ -265,9 +255,8 @@ def prompt_features(
     """Per prompt: the top_n features of each token and overall (by max over its tokens)."""
     _check_top_n(top_n)
     tokens_PL, scored_P2 = tokenize(model, prompts)
-    st = SearchStatic(model.model_cfg, model.sae.sae_cfg, model.hook,
-                      min(int(top_n), model.num_features))
-    out = jax.device_get(_summarise(model.lm_params, _arrays(model), tokens_PL, scored_P2, st))
+    st = SearchStatic(model.model_cfg, min(int(top_n), model.num_features))
+    out = jax.device_get(_summarise(model.lm_params, model.sae, tokens_PL, scored_P2, st))
     tok_ids, tok_acts, top_ids, top_max, top_mean = out
     results = []
     for p, prompt in enumerate(prompts):
@@ -301,9 +290,8 @@ def contrastive(
     pos_P[: len(with_prompts)] = 1.0
     neg_P = np.zeros_like(pos_P)
     neg_P[len(with_prompts) : num] = 1.0
-    st = SearchStatic(model.model_cfg, model.sae.sae_cfg, model.hook,
-                      min(int(top_n), model.num_features), batch, score)
-    out = _contrast(model.lm_params, _arrays(model), tokens_PL, scored_P2, pos_P, neg_P, st)
+    st = SearchStatic(model.model_cfg, min(int(top_n), model.num_features), batch, score)
+    out = _contrast(model.lm_params, model.sae, tokens_PL, scored_P2, pos_P, neg_P, st)
     ids, scores, pos, neg = (np.asarray(x) for x in jax.device_get(out))
     return Contrast(score, ids, scores, pos, neg)
 

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
+from monosem_jax.analysis import features
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.gpt import train as gpt_train
-from monosem_jax.sae import model as sae_model
 from monosem_jax.sae import train as sae_train
 
 
@@ -119,11 +119,8 @@ def parse_floats(text: str, what: str) -> np.ndarray:
 # -------------------------------------------------------------------------- pure functions
 
 
-def feature_acts(sae: sae_train.TrainedSAE, x_BLD: jax.Array) -> jax.Array:
-    """Reported feature activations a [B, L, F] of hook activations x."""
-    x_ND = x_BLD.reshape(-1, x_BLD.shape[-1]).astype(jnp.float32) * sae.norm_scale
-    a_NF = sae_model.feature_acts(sae.sae_cfg, sae.params, x_ND, sae.hparams)
-    return a_NF.reshape(*x_BLD.shape[:-1], -1)
+# Reported feature activations a [B, L, F] of hook activations x (the eval's and browser's).
+feature_acts = features.feature_acts
 
 
 def directions(sae: sae_train.TrainedSAE, ids_K: jax.Array) -> jax.Array:

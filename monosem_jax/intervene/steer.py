@@ -81,9 +81,8 @@ def steer_config_from(config: ml_collections.ConfigDict) -> SteerConfig:
 # ------------------------------------------------------------------------------- device code
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "sae_static"))
-def _max_acts(lm_params, sae_arrays, tokens_BL, ids_K, *, model_cfg, sae_static):
-    sae = sae_static.with_arrays(sae_arrays)
+@functools.partial(jax.jit, static_argnames="model_cfg")
+def _max_acts(lm_params, sae, tokens_BL, ids_K, *, model_cfg):
     _, cap = gpt_model.forward(model_cfg, lm_params, tokens_BL, capture=[sae.hook])
     a_BLK = splice.feature_acts(sae, cap[sae.hook])[..., ids_K]
     # Position 0 of each window (the attention sink, never in SAE training) left out, as eval.
@@ -96,32 +95,29 @@ def max_activations(model: splice.SplicedModel, workdir: str, ids_K: np.ndarray,
     windows_WL = features.windows(workdir, "eval", model.model_cfg.context_len, max_tokens)
     if windows_WL.shape[0] == 0:
         raise ValueError("the eval split is shorter than one context; cannot scale by max")
-    static = features.StaticSAE(model.sae)
-    arrays = (model.sae.params, model.sae.hparams)
     best_K = np.zeros(len(ids_K), np.float32)
     for first in range(0, windows_WL.shape[0], batch_size):
         tokens_BL = windows_WL[first : first + batch_size]
         if tokens_BL.shape[0] < batch_size:  # one compiled shape: repeat the last window
             pad = np.repeat(tokens_BL[-1:], batch_size - tokens_BL.shape[0], 0)
             tokens_BL = np.concatenate([tokens_BL, pad])
-        got_K = _max_acts(model.lm_params, arrays, tokens_BL, jnp.asarray(ids_K),
-                          model_cfg=model.model_cfg, sae_static=static)
+        got_K = _max_acts(model.lm_params, model.sae, tokens_BL, jnp.asarray(ids_K),
+                          model_cfg=model.model_cfg)
         best_K = np.maximum(best_K, np.asarray(got_K))
     return best_K
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model_cfg", "sae_static", "num_samples", "num_new", "top_k", "buffer_len"),
+    static_argnames=("model_cfg", "num_samples", "num_new", "top_k", "buffer_len"),
 )
-def generate(lm_params, sae_arrays, tokens_PL, lengths_P, ids_K, values_VK, active_V, rng,
-             temperature, *, model_cfg, sae_static, num_samples, num_new, top_k, buffer_len):
+def generate(lm_params, sae, tokens_PL, lengths_P, ids_K, values_VK, active_V, rng,
+             temperature, *, model_cfg, num_samples, num_new, top_k, buffer_len):
     """Token buffers [V, P, S, buffer_len]: prompt p continued S times under clamp member v.
 
     Member v clamps features ids_K to values_VK[v] where active_V[v] (else: unsteered). Every
     member uses the same keys, so members differ only through their clamps.
     """
-    sae = sae_static.with_arrays(sae_arrays)
     keys_P = jax.random.split(rng, tokens_PL.shape[0])
 
     def one(values_K, active, prompt_L, length, key):
@@ -173,10 +169,10 @@ def steer(model: splice.SplicedModel, prompts, feature_ids, values_VK: np.ndarra
     all_VK = np.concatenate([np.zeros_like(values_VK[:1]), values_VK])
     active_V = np.arange(all_VK.shape[0]) > 0
     buffers = generate(
-        model.lm_params, (model.sae.params, model.sae.hparams), tokens_PL, lengths_P,
+        model.lm_params, model.sae, tokens_PL, lengths_P,
         jnp.asarray(ids_K), jnp.asarray(all_VK), jnp.asarray(active_V), jax.random.key(seed),
-        jnp.float32(temperature), model_cfg=model.model_cfg,
-        sae_static=features.StaticSAE(model.sae), num_samples=num_samples, num_new=num_new,
+        jnp.float32(temperature), model_cfg=model.model_cfg, num_samples=num_samples,
+        num_new=num_new,
         top_k=top_k, buffer_len=tokens_PL.shape[1] + num_new,
     )
     texts = continuations(model, np.asarray(buffers), lengths_P, num_new)

@@ -283,9 +283,18 @@ class _Progress:
         }
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params", "hparams"],
+    meta_fields=["name", "sae_cfg", "hook", "norm_scale", "step"],
+)
 @dataclasses.dataclass(frozen=True)
 class TrainedSAE:
-    """A finished SAE run, ready for analysis."""
+    """A finished SAE run, ready for analysis.
+
+    A pytree: its arrays (params, hparams) are the leaves and the rest is static, so a jitted
+    function takes the whole run as one argument.
+    """
 
     name: str
     sae_cfg: sae_model.SAEConfig
