@@ -613,6 +613,33 @@ def loss_topk_dense_decode(params, x_BD, hp, dead_F, cfg):
                  "auxk": jnp.zeros((), jnp.float32)}
 
 
+def time_steps(a, cfg, compiled: dict, xs, hp, patches=None, before_round=None):
+    """Wall and CPU ms per step of each compiled step over `a.study_rounds` rounds (the order
+    alternating), each from a fresh state (initialised under its `patches`, whose optimizer
+    state structure may differ); returns (timings, final (state, metrics) per name)."""
+    names = list(compiled)
+    timings = {n: {"wall_ms": [], "cpu_ms": []} for n in names}
+    finals = {}
+    for r in range(a.study_rounds):
+        if before_round is not None:
+            before_round()
+        for name in (names if r % 2 == 0 else names[::-1]):
+            with patched((patches or {}).get(name, [])):
+                state = sae_step.init_state(cfg, jax.random.key(a.seed))
+            state, m = compiled[name](state, xs[0], hp)
+            jax.block_until_ready(state)
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            for x_BD in xs[1:]:
+                state, m = compiled[name](state, x_BD, hp)
+            jax.block_until_ready(state)
+            timings[name]["wall_ms"].append(1e3 * (time.perf_counter() - t0) / a.study_steps)
+            timings[name]["cpu_ms"].append(1e3 * (cpu_seconds() - c0) / a.study_steps)
+            finals[name] = (state, m)
+        log(f"study round {r}: " + ", ".join(
+            f"{n}: {timings[n]['wall_ms'][-1]:.0f}" for n in names))
+    return timings, finals
+
+
 def study_topk(a) -> dict:
     arr = np.load(a.acts, mmap_mode="r")
     a.d = arr.shape[1]
@@ -689,22 +716,9 @@ def study_topk(a) -> dict:
         functools.partial(sae_step.train_step, cfg=cfg), donate_argnums=0
     ).lower(st, xs[0], hp).compile()
     names = list(compiled)
-    timings = {n: {"wall_ms": [], "cpu_ms": []} for n in names}
-    finals = {}
-    for r in range(a.study_rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            state = sae_step.init_state(cfg, jax.random.key(a.seed))
-            state, m = compiled[name](state, xs[0], hp)
-            jax.block_until_ready(state)
-            c0, t0 = cpu_seconds(), time.perf_counter()
-            for i in range(1, n_batches):
-                state, m = compiled[name](state, xs[i], hp)
-            jax.block_until_ready(state)
-            timings[name]["wall_ms"].append(1e3 * (time.perf_counter() - t0) / a.study_steps)
-            timings[name]["cpu_ms"].append(1e3 * (cpu_seconds() - c0) / a.study_steps)
-            finals[name] = (np.asarray(state["params"]["w_enc_DF"]), float(m["loss"]))
-        log(f"study round {r}: " + ", ".join(
-            f"{n}: {timings[n]['wall_ms'][-1]:.0f}" for n in names))
+    timings, ends = time_steps(a, cfg, compiled, xs, hp)
+    finals = {n: (np.asarray(st_["params"]["w_enc_DF"]), float(m["loss"]))
+              for n, (st_, m) in ends.items()}
     base = "top_k+scatter (model.topk_activation)"
     for name in names:
         t = timings[name]
@@ -758,22 +772,9 @@ def study_l1(a) -> dict:
             compiled[name] = jax.jit(functools.partial(sae_step.train_step, cfg=cfg),
                                      donate_argnums=0).lower(st, xs[0], hp).compile()
     names = list(compiled)
-    t = {n: {"wall_ms": [], "cpu_ms": []} for n in names}
     peaks = []
-    for r in range(a.study_rounds):
-        peaks.append(matmul_rates(a, a.peak_reps))
-        for name in (names if r % 2 == 0 else names[::-1]):
-            with patched(patches[name]):  # the optimizer state's structure follows the patch
-                state = sae_step.init_state(cfg, jax.random.key(a.seed))
-            state, m = compiled[name](state, xs[0], hp)
-            jax.block_until_ready(state)
-            c0, t0 = cpu_seconds(), time.perf_counter()
-            for i in range(1, n_batches):
-                state, m = compiled[name](state, xs[i], hp)
-            jax.block_until_ready(state)
-            t[name]["wall_ms"].append(1e3 * (time.perf_counter() - t0) / a.study_steps)
-            t[name]["cpu_ms"].append(1e3 * (cpu_seconds() - c0) / a.study_steps)
-        log(f"study round {r}: " + ", ".join(f"{n}: {t[n]['wall_ms'][-1]:.0f}" for n in names))
+    t, _ = time_steps(a, cfg, compiled, xs, hp, patches,
+                      before_round=lambda: peaks.append(matmul_rates(a, a.peak_reps)))
     flops = 10.0 * a.batch * a.d * a.d_sae
     out = {"steps_per_round": a.study_steps, "rounds": a.study_rounds, "variants": {}}
     for name in names:
