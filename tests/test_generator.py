@@ -220,7 +220,7 @@ def test_write_and_read_back(tmp_path):
 
 def test_read_labels_rejects_garbage(tmp_path):
     path = tmp_path / "labels.jsonl"
-    path.write_text('{"spans": [[0, 3, "name"]]}\nnot json\n', encoding="utf-8")
+    path.write_text('{"story": 0, "spans": [[0, 3, "name"]]}\nnot json\n', encoding="utf-8")
     with pytest.raises(ValueError, match="labels.jsonl:2"):
         gen.read_labels(path)
 

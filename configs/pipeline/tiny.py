@@ -27,6 +27,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.corpus.french_fraction = 0.15  # share of generated stories in French
     config.corpus.seed = 0  # generator seed: same seed, same corpus, byte for byte
     config.corpus.max_documents = 0  # cap on documents read from a real corpus (0 = all)
+    # Concept labels of a real corpus (needs corpus.path): JSON lines, one per story in order,
+    # {"story": i, "spans": [[start, end, "concept"], ...]} in character offsets (BUILD.md,
+    # "Bring your own concept labels"); max_documents caps the labels too. "" = unlabelled.
+    config.corpus.labels = ""
 
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.vocab_size = 2048  # byte-level BPE size, incl. <|endoftext|>

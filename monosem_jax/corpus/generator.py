@@ -10,7 +10,6 @@ the text strictly inside each pair of double quotes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import operator
 import os
@@ -18,22 +17,15 @@ import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 
+from monosem_jax.corpus import labels
 from monosem_jax.corpus import lexicon as en
 from monosem_jax.corpus import lexicon_fr as fr
+from monosem_jax.corpus.labels import Span
 
 TOPICS = ("ocean", "forest", "space", "kitchen", "farm", "school")
 CONCEPTS = tuple(f"topic_{t}" for t in TOPICS) + (
     "dialogue", "name", "number", "emotion", "negation", "french")
 EOT_LINE = "<|endoftext|>"
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """Characters [start, end) of a story's text express `concept`."""
-
-    start: int
-    end: int
-    concept: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,27 +393,14 @@ def distinct_words(texts: Iterable[str]) -> set[str]:
 
 def write_labelled_corpus(stories: Sequence[Story], text_path: str | os.PathLike,
                           labels_path: str | os.PathLike) -> None:
-    """Write the stories in TinyStories format and their spans as JSON lines, in order."""
+    """Write the stories in TinyStories format and their spans in the labels format of
+    corpus/labels.py (what `corpus.path` + `corpus.labels` read back), in order."""
     with open(text_path, "w", encoding="utf-8", newline="\n") as f:
         for story in stories:
             f.write(f"{story.text}\n{EOT_LINE}\n")
-    with open(labels_path, "w", encoding="utf-8", newline="\n") as f:
-        for story in stories:
-            spans = [[s.start, s.end, s.concept] for s in story.spans]
-            f.write(json.dumps({"spans": spans}, separators=(",", ":")) + "\n")
+    labels.write_labels(labels_path, (story.spans for story in stories))
 
 
 def read_labels(labels_path: str | os.PathLike) -> list[tuple[Span, ...]]:
     """The spans written by write_labelled_corpus, one tuple per story."""
-    out = []
-    with open(labels_path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                spans = tuple(Span(int(s), int(e), str(c)) for s, e, c in json.loads(line)["spans"])
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{labels_path}:{line_no}: not a label line ({err}); expected "
-                                 '{"spans": [[start, end, concept], ...]}') from err
-            out.append(spans)
-    return out
+    return labels.read_labels(labels_path)

@@ -29,7 +29,7 @@ def normalize_text(text: str) -> str:
     return text
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
     """Read a file as UTF-8 (BOM allowed), naming the first bad byte on failure."""
     try:
         data = path.read_bytes()
@@ -74,20 +74,20 @@ def _require_docs(docs: list[str], path: Path, what: str) -> list[str]:
 
 def _load_tinystories(path: Path) -> list[str]:
     """Stories separated by `<|endoftext|>` lines."""
-    docs = split_tinystories(normalize_text(_read_utf8(path)))
+    docs = split_tinystories(normalize_text(read_utf8(path)))
     return _require_docs(docs, path, "empty file or only <|endoftext|> separators")
 
 
 def _load_paragraphs(path: Path) -> list[str]:
     """Documents separated by blank lines."""
-    docs = split_paragraphs(normalize_text(_read_utf8(path)))
+    docs = split_paragraphs(normalize_text(read_utf8(path)))
     return _require_docs(docs, path, "empty or whitespace-only file")
 
 
 def _load_jsonl(path: Path) -> list[str]:
     """One JSON object with a string `text` field per line; blank lines skipped."""
     docs = []
-    for lineno, line in enumerate(_read_utf8(path).split("\n"), start=1):
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -116,14 +116,14 @@ def _load_txt_dir(path: Path) -> list[str]:
         raise CorpusError(f"{path}: folder has no *.txt files; put one document per .txt file")
     docs = []
     for file in files:
-        text = normalize_text(_read_utf8(file))
+        text = normalize_text(read_utf8(file))
         docs.extend(split_tinystories(text) if has_eot_lines(text) else _clean([text]))
     return _require_docs(docs, path, "every .txt file is empty")
 
 
 def _load_auto_file(path: Path) -> list[str]:
     """A single text file: TinyStories layout if it has EOT lines, else blank-line paragraphs."""
-    text = normalize_text(_read_utf8(path))
+    text = normalize_text(read_utf8(path))
     if has_eot_lines(text):
         return _require_docs(split_tinystories(text), path, "only <|endoftext|> separators")
     return _require_docs(split_paragraphs(text), path, "empty or whitespace-only file")

@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 
 from monosem_jax import metrics_io
-from monosem_jax.corpus import dataset, generator, loaders, tokenizer
+from monosem_jax.corpus import dataset, generator, labels, loaders, tokenizer
 
 
 def _file_sha256(path: str) -> str:
@@ -27,22 +27,50 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _real_corpus(cfg: ml_collections.ConfigDict):
+    """(texts, spans or None, concepts, provenance) of `corpus.path` [+ `corpus.labels`].
+
+    Everything is read and checked here, before the stage writes anything. The labels are checked
+    against the whole corpus, then `max_documents` caps texts and labels alike; the concepts (and
+    so the bits of the token masks) are those of the whole labels file, whatever the cap.
+    """
+    path = os.path.abspath(os.path.expanduser(cfg.path))
+    texts = loaders.load_texts(path, cfg.format)
+    provenance = {"source": path, "source_sha256": _file_sha256(path)}
+    spans, concepts = None, ()
+    if cfg.get("labels"):  # .get: a config from before the field reads as unlabelled
+        labels_path = os.path.abspath(os.path.expanduser(cfg.labels))
+        spans, concepts = labels.load_labels(labels_path, texts, corpus=path)
+        provenance.update(labels=labels_path, labels_sha256=_file_sha256(labels_path))
+        if not concepts:
+            logging.warning("%s names no concepts (every `spans` list is empty)", labels_path)
+    if cfg.max_documents > 0:
+        texts = texts[: cfg.max_documents]
+        spans = None if spans is None else spans[: cfg.max_documents]
+    return texts, spans, concepts, provenance
+
+
 def load_or_generate(config: ml_collections.ConfigDict, corpus_dir: str):
     """(texts, spans per text or None, concept names, provenance dict)."""
     cfg = config.corpus
     if cfg.path:
-        path = os.path.abspath(os.path.expanduser(cfg.path))
-        texts = loaders.load_texts(path, cfg.format)
-        if cfg.max_documents > 0:
-            texts = texts[: cfg.max_documents]
-        return texts, None, (), {"source": path, "source_sha256": _file_sha256(path)}
+        return _real_corpus(cfg)
+    if cfg.get("labels"):
+        raise ValueError(
+            f"corpus.labels={cfg.labels!r} needs corpus.path: the generated corpus writes its own "
+            "labels (W/corpus/labels.jsonl); set corpus.path to the stories the labels belong to, "
+            "or drop corpus.labels"
+        )
     stories = generator.generate_stories(cfg.num_stories, cfg.seed, cfg.french_fraction)
+    os.makedirs(corpus_dir, exist_ok=True)
     generator.write_labelled_corpus(
         stories, os.path.join(corpus_dir, "stories.txt"), os.path.join(corpus_dir, "labels.jsonl")
     )
     texts = [s.text for s in stories]
     spans = [s.spans for s in stories]
-    return texts, spans, tuple(generator.CONCEPTS), {"source": "generated", "seed": cfg.seed}
+    # The same rule as a labels file's: the names used, sorted (so feeding stories.txt and
+    # labels.jsonl back as a real corpus gives the same concepts and token masks).
+    return texts, spans, labels.concepts_of(spans), {"source": "generated", "seed": cfg.seed}
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -58,9 +86,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"tokenizer.vocab_size={config.tokenizer.vocab_size} exceeds "
             f"lm.model.vocab_size={config.lm.model.vocab_size}"
         )
-    os.makedirs(corpus_dir, exist_ok=True)
-
+    # Read and check every input before writing anything: a bad labels file costs nothing in W.
     texts, spans, concepts, provenance = load_or_generate(config, corpus_dir)
+    os.makedirs(workdir, exist_ok=True)
     logging.info("corpus: %d documents, %d characters", len(texts), sum(map(len, texts)))
     t_tok = time.time()
     tok = tokenizer.train_tokenizer(texts, config.tokenizer.vocab_size)
