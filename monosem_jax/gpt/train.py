@@ -17,7 +17,7 @@ from absl import logging
 
 from monosem_jax import checkpoint, metrics_io, parallel
 from monosem_jax.corpus import dataset, tokenizer
-from monosem_jax.gpt import data
+from monosem_jax.gpt import context_probe, data
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.gpt import sample as gpt_sample
 
@@ -323,4 +323,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "wall_s": time.time() - t_start,
     }
     summary["eval_over_unigram"] = summary["eval_loss"] / summary["unigram_entropy"]
+    # Does the model use its context? (experiments/topic_context_gain.py prints the same.)
+    summary["loss_by_position"] = context_probe.loss_by_position(
+        model_cfg, state["params"], eval_WL1, cfg.batch_size)
+    if model_cfg.context_len + 1 >= context_probe.ProbeConfig().score_end:
+        summary.update(context_probe.topic_context_gain(
+            model_cfg, state["params"], eval_split, meta.get("concepts") or ()))
+    else:  # the probe's windows (64 tokens) do not fit a smoke-sized context
+        summary["topic_context_gain"] = None
     return metrics_io.finish_summary(summary_path, summary)
