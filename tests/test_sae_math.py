@@ -116,6 +116,39 @@ def ref_topk(p, x, k, k_aux, dead, aux_coef, e_fixed=None):
     return _np_mse(x, xhat) + aux_coef * auxk, auxk, x - xhat
 
 
+def _np_batchtopk(z, k):
+    """ReLU of the k·B largest entries of the whole batch (z flattened), zero elsewhere."""
+    flat = z.reshape(-1)
+    idx = np.argsort(-flat, kind="stable")[: k * z.shape[0]]
+    f = np.zeros_like(flat)
+    f[idx] = np.maximum(flat[idx], 0.0)
+    return f.reshape(z.shape)
+
+
+def ref_batchtopk(p, x, k, k_aux, dead, aux_coef, prefixes=(F,), e_fixed=None):
+    """(loss, auxk, residual, f, prefix mses): each prefix decoded on its own, AuxK as ref_topk."""
+    z = (x - p["b_dec_D"]) @ p["w_enc_DF"] + p["b_enc_F"]
+    f = _np_batchtopk(z, k)
+    mses = [_np_mse(x, f[:, :m] @ p["w_dec_FD"][:m] + p["b_dec_D"]) for m in prefixes]
+    xhat = f @ p["w_dec_FD"] + p["b_dec_D"]
+    e = x - xhat if e_fixed is None else e_fixed
+    auxk = 0.0
+    if dead.any():
+        ehat = _np_topk(np.where(dead[None], z, -np.inf), k_aux) @ p["w_dec_FD"]
+        auxk = np.sum((ehat - e) ** 2) / np.sum((e - e.mean(0)) ** 2)
+    return np.mean(mses) + aux_coef * auxk, auxk, x - xhat, f, mses
+
+
+def ref_threshold_steps(theta, min_kept_per_step, rate):
+    """θ after each step: the first positive sample sets it, then an EMA; 0 (none) leaves it."""
+    out = []
+    for m in min_kept_per_step:
+        if m > 0:
+            theta = m if theta == 0 else (1 - rate) * theta + rate * m
+        out.append(theta)
+    return out
+
+
 def ref_jl_penalty(w):
     u = w / np.linalg.norm(w, axis=1, keepdims=True)
     cos = np.abs(u @ u.T)
@@ -231,6 +264,143 @@ def test_topk_auxk_is_zero_without_dead_latents():
     hp = step.default_hparams(cfg)
     _, aux = losses.loss_topk(_random_params(cfg), _x(), hp, jnp.zeros(F, bool), cfg)
     assert float(aux["auxk"]) == 0.0
+
+
+def _dead_mask():
+    dead = np.zeros(F, bool)
+    dead[::3] = True
+    return dead
+
+
+@pytest.mark.parametrize("k", [5, 3])
+def test_batchtopk_loss_and_grads_with_auxk(k):
+    cfg = _cfg("batchtopk")
+    params, x = _random_params(cfg), _x()
+    dead = _dead_mask()
+    hp = step.default_hparams(cfg, aux_coef=0.5, k=k)
+    loss, aux, g = _value_and_grad(losses.loss_batchtopk, params, x, hp, jnp.asarray(dead), cfg)
+    x64, p64 = np.asarray(x, np.float64), _f64(params)
+    ref_loss, ref_auxk, e, f, _ = ref_batchtopk(p64, x64, k, cfg.k_aux, dead, 0.5)
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["auxk"]), ref_auxk, rtol=1e-5)
+    assert ref_auxk > 0
+    # The selection is over the batch: k·B entries in all, a different number in each row.
+    np.testing.assert_allclose(np.asarray(aux["f_BF"]), f, rtol=1e-5, atol=1e-6)
+    per_row = np.sum(f > 0, axis=1)
+    assert per_row.sum() == k * B and len(set(per_row.tolist())) > 2
+    np.testing.assert_allclose(float(aux["min_kept"]), f[f > 0].min(), rtol=1e-5)
+    fixed = lambda p: ref_batchtopk(p, x64, k, cfg.k_aux, dead, 0.5, e_fixed=e)[0]
+    _assert_grads_close(g, _fd_grad(fixed, p64))  # θ included: the loss never reads it
+    assert float(g["threshold"]) == 0.0
+
+
+def test_batchtopk_min_kept_without_positive_activations():
+    cfg = _cfg("batchtopk")
+    params = _random_params(cfg)
+    params["b_enc_F"] = params["b_enc_F"] - 1e3  # every pre-activation negative: nothing kept
+    _, aux = losses.loss_batchtopk(params, _x(), step.default_hparams(cfg), jnp.zeros(F, bool),
+                                   cfg)
+    assert float(aux["min_kept"]) == 0.0 and not np.any(np.asarray(aux["f_BF"]))
+
+
+def test_matryoshka_batchtopk_loss_and_grads():
+    cfg = _cfg("matryoshka_batchtopk", prefixes=(3, 10, 20))
+    assert cfg.prefixes == (3, 10, 20, F)
+    params, x = _random_params(cfg), _x()
+    dead = _dead_mask()
+    hp = step.default_hparams(cfg, aux_coef=0.5)
+    loss, aux, g = _value_and_grad(losses.loss_matryoshka_batchtopk, params, x, hp,
+                                   jnp.asarray(dead), cfg)
+    x64, p64 = np.asarray(x, np.float64), _f64(params)
+    ref_loss, ref_auxk, e, f, mses = ref_batchtopk(p64, x64, cfg.k, cfg.k_aux, dead, 0.5,
+                                                   cfg.prefixes)
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["auxk"]), ref_auxk, rtol=1e-5)
+    assert ref_auxk > 0 and len(set(np.round(mses, 6))) == 4
+    np.testing.assert_allclose(float(aux["mse"]), mses[-1], rtol=1e-5)
+    for i, m in enumerate(mses[:-1]):
+        np.testing.assert_allclose(float(aux[f"mse_prefix{i}"]), m, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["min_kept"]), f[f > 0].min(), rtol=1e-5)
+    fixed = lambda p: ref_batchtopk(p, x64, cfg.k, cfg.k_aux, dead, 0.5, cfg.prefixes,
+                                    e_fixed=e)[0]
+    _assert_grads_close(g, _fd_grad(fixed, p64))
+
+
+def test_matryoshka_batchtopk_single_prefix_is_batchtopk():
+    cfg = _cfg("matryoshka_batchtopk", prefixes=(F,))
+    params, x = _random_params(cfg), _x()
+    dead = jnp.asarray(_dead_mask())
+    hp = step.default_hparams(cfg, aux_coef=0.5)
+    loss, aux, g = _value_and_grad(losses.loss_matryoshka_batchtopk, params, x, hp, dead, cfg)
+    want, want_aux, want_g = _value_and_grad(losses.loss_batchtopk, params, x, hp, dead,
+                                             _cfg("batchtopk"))
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    for name in ("xhat_BD", "f_BF", "auxk", "min_kept"):
+        np.testing.assert_allclose(np.asarray(aux[name]), np.asarray(want_aux[name]), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+    for name in want_g:
+        np.testing.assert_allclose(np.asarray(g[name]), np.asarray(want_g[name]), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+
+
+def test_update_threshold_rule():
+    rate = jnp.asarray(0.1, jnp.float32)
+    upd = lambda t, m: float(step.update_threshold(jnp.float32(t), jnp.float32(m), rate))
+    assert upd(0.0, 0.7) == pytest.approx(0.7)  # the first sample sets θ (no pull towards 0)
+    assert upd(0.5, 0.7) == pytest.approx(0.52)  # then an EMA
+    assert upd(0.5, 0.0) == 0.5 and upd(0.0, 0.0) == 0.0  # nothing kept: θ unchanged
+
+
+@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka_batchtopk"])
+def test_threshold_tracks_float64_reference_over_steps(variant):
+    cfg = _cfg(variant)
+    rate = 0.3  # large, so every step moves θ visibly
+    hp = step.default_hparams(cfg, lr=1e-2, k=4, threshold_rate=rate, total_steps=100)
+    state = step.init_state(cfg, jax.random.key(0))
+    assert float(state["params"]["threshold"]) == 0.0
+    fn = jax.jit(functools.partial(step.train_step, cfg=cfg))  # no donation: states are reused
+    theta, want, got = 0.0, [], []
+    for i in range(5):
+        x = _x(seed=10 + i)
+        p64 = _f64(state["params"])  # the batch rule runs on the params before the update
+        z = (np.asarray(x, np.float64) - p64["b_dec_D"]) @ p64["w_enc_DF"] + p64["b_enc_F"]
+        f = _np_batchtopk(z, 4)
+        theta = ref_threshold_steps(theta, [f[f > 0].min()], rate)[-1]
+        state, metrics = fn(state, x, hp)
+        want.append(theta)
+        got.append(float(state["params"]["threshold"]))
+        assert float(metrics["threshold"]) == got[-1]
+        np.testing.assert_allclose(float(metrics["l0"]), 4.0)  # the batch rule: k per row on avg
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert len(set(np.round(want, 6))) == 5  # θ moved at every step
+
+
+@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka_batchtopk"])
+def test_batchtopk_inference_encode_uses_threshold(variant):
+    cfg = _cfg(variant)
+    params, x = _random_params(cfg), _x()
+    z = np.asarray(model.preacts_pre_bias(params, x), np.float64)
+    theta = float(np.quantile(z[z > 0], 0.6))
+    params["threshold"] = jnp.asarray(theta, jnp.float32)
+    f = np.asarray(model.encode(cfg, params, x))
+    np.testing.assert_allclose(f, np.where(z > theta, z, 0.0), rtol=1e-5, atol=1e-6)
+    assert 0 < np.mean(f > 0) < 1
+    # A row's code does not depend on the other rows: alone, or in a permuted batch, it is the same.
+    for b in (0, 7):
+        np.testing.assert_array_equal(np.asarray(model.encode(cfg, params, x[b:b + 1]))[0], f[b])
+    perm = np.random.default_rng(0).permutation(B)
+    np.testing.assert_array_equal(np.asarray(model.encode(cfg, params, x[perm])), f[perm])
+    # The batch rule does depend on them (the reason for θ): row 0 alone keeps k latents.
+    batch_rule = np.asarray(model.batchtopk_activation(model.preacts_pre_bias(params, x), cfg.k))
+    alone = np.asarray(model.batchtopk_activation(model.preacts_pre_bias(params, x[:1]), cfg.k))
+    assert np.sum(alone > 0) == cfg.k and np.sum(batch_rule[0] > 0) != cfg.k
+    # Reported activations: f·‖W_dec,i‖, as for every variant.
+    np.testing.assert_allclose(np.asarray(model.feature_acts(cfg, params, x)),
+                               f * np.asarray(model.decoder_norms(params))[None], rtol=1e-6)
+    # θ = 0 (never trained): plain ReLU of the pre-activations.
+    params["threshold"] = jnp.zeros((), jnp.float32)
+    np.testing.assert_allclose(np.asarray(model.encode(cfg, params, x)), np.maximum(z, 0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_jl_loss_and_grads():
@@ -442,6 +612,9 @@ def test_default_hparams_dtypes():
     (dict(variant="matryoshka", d_sae=16, prefixes=(4, 32)), "prefixes"),
     (dict(variant="matryoshka", d_sae=16, prefixes=(4.0, 8)), "prefixes"),
     (dict(variant="matryoshka", d_sae=16, prefixes=8), "prefixes"),
+    (dict(variant="batchtopk", d_sae=16, k=17), "k"),
+    (dict(variant="matryoshka_batchtopk", d_sae=16, k=4, k_aux=0), "k_aux"),
+    (dict(variant="matryoshka_batchtopk", d_sae=16, k=4, k_aux=8, prefixes=(8, 4)), "prefixes"),
 ])
 def test_invalid_config(kwargs, field):
     with pytest.raises(ValueError, match=f"SAEConfig.{field}="):
@@ -455,9 +628,13 @@ def test_invalid_config(kwargs, field):
     (dict(aux_coef=float("nan")), "aux_coef"),
     (dict(k=9), "k"),
     (dict(k_start=0), "k_start"),
+    (dict(threshold_rate=1.5), "threshold_rate"),
 ])
 def test_validate_hparams(override, field):
     cfg = _cfg("topk", k=8)
+    with pytest.raises(ValueError, match=f"hyper-parameter {field}="):
+        step.validate_hparams(cfg, step.default_hparams(cfg, **override))
+    cfg = _cfg("batchtopk", k=8)
     with pytest.raises(ValueError, match=f"hyper-parameter {field}="):
         step.validate_hparams(cfg, step.default_hparams(cfg, **override))
 
@@ -481,23 +658,32 @@ def test_train_step_runs(variant):
     state["steps_since_fired_F"] = jnp.full((F,), 5, jnp.int32)  # all dead: AuxK active
     hp = step.default_hparams(cfg, lr=1e-3, total_steps=100)
     x = _x(n=4)  # few rows, so some features do not fire
-    f = np.asarray(model.encode(cfg, state["params"], x, step.scheduled(hp, 0)))
-    fired = np.any(f > 0, axis=0)
+    # What fired is what the loss coded (for batchtopk variants the batch rule, not `encode`).
+    _, aux = losses.LOSSES[variant](state["params"], x, step.scheduled(hp, 0),
+                                    jnp.ones(F, bool), cfg)
+    fired = np.any(np.asarray(aux["f_BF"]) > 0, axis=0)
     assert fired.any() and not fired.all()
     fn = _jit_step(cfg)
     new, metrics = fn(state, x, hp)
     want_keys = {"loss", "mse", "nmse", "explained_variance", "l0", "l1", "lr", "l1_coef",
                  "dead_fraction", "grad_norm"}
-    want_keys |= {"topk": {"auxk"}, "jl": {"jl"}, "jumprelu": {"l0"},
-                  "matryoshka": {"mse_prefix0", "mse_prefix2"}}.get(variant, set())
+    want_keys |= {"topk": {"auxk", "k"}, "jl": {"jl"}, "jumprelu": {"l0"},
+                  "matryoshka": {"mse_prefix0", "mse_prefix2"},
+                  "batchtopk": {"auxk", "k", "min_kept", "threshold"},
+                  "matryoshka_batchtopk": {"auxk", "k", "min_kept", "threshold", "mse_prefix0",
+                                           "mse_prefix2"}}.get(variant, set())
     assert set(metrics) >= want_keys
     for name, v in metrics.items():
         assert v.dtype == jnp.float32 and v.shape == () and np.isfinite(float(v)), name
     np.testing.assert_array_equal(np.asarray(new["steps_since_fired_F"]), np.where(fired, 0, 6))
     assert int(new["step"]) == 1
     np.testing.assert_allclose(float(metrics["dead_fraction"]), np.mean(~fired))
-    if variant == "topk":
+    if variant in model.TOPK_FAMILY:
         assert float(metrics["auxk"]) > 0
+    if variant in model.BATCH_TOPK:  # θ took the first batch's smallest kept activation
+        f_kept = np.asarray(aux["f_BF"])
+        np.testing.assert_allclose(float(metrics["threshold"]), f_kept[f_kept > 0].min(),
+                                   rtol=1e-6)
     new, _ = fn(new, x, hp)  # the donated output feeds the next step
     assert int(new["step"]) == 2
 
@@ -535,6 +721,8 @@ def _toy_batch(rng, n, dict_KD):
 @pytest.mark.parametrize("variant, overrides", [
     ("anthropic_2024", dict(lr=3e-3, l1_coef=0.05)),
     ("topk", dict(lr=3e-3)),
+    ("batchtopk", dict(lr=3e-3)),
+    ("matryoshka_batchtopk", dict(lr=3e-3)),
 ])
 def test_loss_decreases_on_toy_data(variant, overrides):
     cfg = _cfg(variant, d_sae=64, k=4, k_aux=8, dead_steps=20)
@@ -556,7 +744,7 @@ def test_loss_decreases_on_toy_data(variant, overrides):
     assert np.isfinite(float(metrics["loss"]))
 
 
-@pytest.mark.parametrize("variant", ["anthropic_2024", "topk"])
+@pytest.mark.parametrize("variant", ["anthropic_2024", "topk", "batchtopk"])
 def test_vmapped_step_matches_individual_steps(variant):
     cfg = _cfg(variant)
     states = [step.init_state(cfg, jax.random.key(i)) for i in range(3)]

@@ -18,6 +18,7 @@ from configs.sae import default as sae_default
 from monosem_jax import checkpoint
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store
+from monosem_jax.sae import model as sae_model
 from monosem_jax.sae import step as sae_step
 from monosem_jax.sae import sweep as sae_sweep
 from monosem_jax.sae import train as sae_train
@@ -88,7 +89,8 @@ def test_train_writes_held_out_summary(store_root, tmp_path):
     assert sae_train.train_sae(_config(store_root, steps=60), str(tmp_path)) == summary
 
 
-@pytest.mark.parametrize("variant", ["topk", "towards_2023", "jl", "jumprelu", "matryoshka"])
+@pytest.mark.parametrize("variant", ["topk", "towards_2023", "jl", "jumprelu", "matryoshka",
+                                     "batchtopk", "matryoshka_batchtopk"])
 def test_every_variant_trains(store_root, tmp_path, variant):
     config = _config(store_root, steps=30, variant=variant, resample_steps="15", dead_steps=5)
     summary = sae_train.train_sae(config, str(tmp_path))
@@ -110,6 +112,45 @@ def test_matryoshka_prefixes_are_recorded_and_reloaded(store_root, tmp_path):
     assert loaded.sae_cfg.prefixes == (8, 32, 64)  # a tuple again (hashable: a static jit arg)
 
 
+@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka_batchtopk"])
+def test_batchtopk_threshold_calibrates_inference_and_reloads(store_root, tmp_path, variant):
+    # threshold_rate 0.1: a ~10-step window, so θ follows the batch threshold within 60 steps
+    # (the default 0.01 suits the pipeline's 600 steps; here θ would still lag at L0 ~20).
+    k, steps = 8, 60
+    config = _config(store_root, steps=steps, variant=variant, k=k, dead_steps=5,
+                     threshold_rate=0.1)
+    summary = sae_train.train_sae(config, str(tmp_path))
+    run_dir = tmp_path / "sae" / variant
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    # Training: the batch rule keeps exactly k·B activations (all positive here), k per row.
+    assert all(r["l0"] == pytest.approx(k) for r in rows)
+    thetas = [r["threshold"] for r in rows]
+    assert min(thetas) > 0 and thetas[-1] != thetas[0]  # estimated and moving
+    assert summary["threshold"] == pytest.approx(thetas[-1], rel=1e-6)
+    # Inference: the θ rule alone gives about k per row, held out and on a training batch.
+    assert abs(summary["l0"] - k) < 0.25 * k, summary["l0"]
+    loaded = sae_train.load_sae(str(tmp_path), variant)
+    assert loaded.sae_cfg.variant == variant and loaded.step == steps
+    assert float(loaded.params["threshold"]) == pytest.approx(summary["threshold"], rel=1e-6)
+    st = store.open_store(store.kvstore_for(store_root), HOOK)
+    reader = reader_lib.ActivationReader(st, sae_train._reader_config(config, config.seed))
+    batches = reader.iterate(steps - 1)
+    x_BD = np.asarray(next(batches))
+    batches.close()
+    reader.close()
+    f_BF = np.asarray(sae_model.encode(loaded.sae_cfg, loaded.params, x_BD, loaded.hparams))
+    assert abs(np.mean(np.sum(f_BF > 0, axis=1)) - k) < 0.25 * k
+    # The analysis path (features.feature_acts, in hook units) encodes with θ, row by row.
+    from monosem_jax.analysis import features
+
+    hook_1ND = x_BD[None] / loaded.norm_scale
+    acts_NF = np.asarray(features.feature_acts(loaded, hook_1ND))[0]
+    want_NF = f_BF * np.asarray(sae_model.decoder_norms(loaded.params))[None]
+    np.testing.assert_allclose(acts_NF, want_NF, rtol=1e-4, atol=1e-5)
+    alone = np.asarray(features.feature_acts(loaded, hook_1ND[:, 3:4]))[0, 0]
+    np.testing.assert_allclose(alone, acts_NF[3], rtol=1e-4, atol=1e-5)
+
+
 def test_held_out_rows_are_never_trained_on(store_root):
     st = store.open_store(store.kvstore_for(store_root), HOOK)
     config = _config(store_root)
@@ -129,6 +170,8 @@ def test_held_out_rows_are_never_trained_on(store_root):
         (dict(steps=0), "steps"),
         (dict(variant="matryoshka", prefixes="32,8"), "prefixes"),
         (dict(variant="matryoshka", prefixes="8,x"), "prefixes"),
+        (dict(variant="batchtopk", k=100), "k"),
+        (dict(variant="matryoshka_batchtopk", threshold_rate=2.0), "threshold_rate"),
     ],
 )
 def test_invalid_hyperparameters_are_clear_errors(store_root, tmp_path, override, message):
@@ -252,6 +295,23 @@ def test_sweep_compiles_once_and_members_match_single_runs(store_root, tmp_path,
     for key in ("mse", "explained_variance", "l0"):
         np.testing.assert_allclose(member[key], alone[key], rtol=2e-3)
     assert (tmp_path / "sae" / "sweep_3" / "checkpoints" / "30").is_dir()
+
+
+def test_batchtopk_sweep_over_k_compiles_once_and_matches_single_run(store_root, tmp_path):
+    config = _config(store_root, steps=30, variant="batchtopk", threshold_rate=0.1)
+    config.sweep.grid = "k=4,8"
+    config.sweep.strategy = "vmap"
+    sae_sweep.sweep(config, str(tmp_path), wrap_step=chex.assert_max_traces(n=1))
+    # Member 0 (k=4) ran with the sweep's static k = 8 and a traced k = 4: the same run as k = 4
+    # alone (static k = 4).
+    alone = sae_train.train_sae(
+        _config(store_root, steps=30, variant="batchtopk", threshold_rate=0.1, k=4,
+                name="alone"), str(tmp_path))
+    member = json.load(open(tmp_path / "sae" / "sweep_0" / "summary.json"))
+    for key in ("mse", "explained_variance", "l0", "threshold"):
+        np.testing.assert_allclose(member[key], alone[key], rtol=2e-3)
+    wide = json.load(open(tmp_path / "sae" / "sweep_1" / "summary.json"))
+    assert member["threshold"] > wide["threshold"] > 0 and member["l0"] < wide["l0"]
 
 
 def test_bad_sweep_grids_are_clear_errors():

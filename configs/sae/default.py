@@ -12,7 +12,8 @@ from ml_collections.config_dict import placeholder
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = ""  # run folder W/sae/<name>; "" = the variant's name
-    # anthropic_2024 | topk | towards_2023 | jl | jumprelu | matryoshka
+    # anthropic_2024 | topk | towards_2023 | jl | jumprelu | matryoshka | batchtopk |
+    # matryoshka_batchtopk
     config.variant = "anthropic_2024"
     config.hook = "blocks.1.hook_resid_post"  # which captured store to train on
     config.store = ""  # store root: "" = W/acts; else a path or a JSON TensorStore kvstore spec
@@ -31,17 +32,20 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # lambda of the L1 penalty (anthropic_2024, towards_2023, matryoshka)
     config.l1_coef = placeholder(float)
     config.l1_warmup_frac = 0.05  # lambda warms up linearly over this fraction of steps
-    config.k = 32  # topk: active latents
-    config.k_start = 0  # topk: k at step 0, annealed to k (0 = no schedule)
-    config.k_anneal_frac = 0.5  # topk: fraction of steps over which k anneals
-    config.k_aux = 256  # topk: dead latents in the AuxK loss
-    config.aux_coef = 1 / 32  # topk: AuxK coefficient
+    config.k = 32  # topk: active latents per row (batchtopk variants: per row on average)
+    config.k_start = 0  # topk, batchtopk variants: k at step 0, annealed to k (0 = no schedule)
+    config.k_anneal_frac = 0.5  # topk, batchtopk variants: fraction of steps over which k anneals
+    config.k_aux = 256  # topk, batchtopk variants: dead latents in the AuxK loss
+    config.aux_coef = 1 / 32  # topk, batchtopk variants: AuxK coefficient
+    # batchtopk variants: weight of each batch's smallest kept activation in the running average
+    # θ that replaces the batch rule at inference (f = z if z > θ)
+    config.threshold_rate = 0.01
     config.jl_coef = placeholder(float)  # jl: final coefficient of the JL penalty
     config.jl_warmup_frac = 0.4  # jl: the coefficient eases from 5x down to jl_coef (gpt_sae)
     config.l0_coef = placeholder(float)  # jumprelu: L0 coefficient
     config.jumprelu_bandwidth = 0.001
-    # matryoshka: comma-separated nested prefix sizes, e.g. "64,256,1024" (d_sae appended);
-    # "" = d_sae/32, d_sae/8, d_sae/2, d_sae
+    # matryoshka, matryoshka_batchtopk: comma-separated nested prefix sizes, e.g. "64,256,1024"
+    # (d_sae appended); "" = d_sae/32, d_sae/8, d_sae/2, d_sae
     config.prefixes = ""
     config.dead_steps = (
         200  # steps without firing before a latent counts as dead (AuxK, resampling)
@@ -57,7 +61,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.sweep = ml_collections.ConfigDict()
     config.sweep.name = "sweep"  # W/sweep/<name>; members are W/sae/<name>_<i>
     # Space-separated "key=v1,v2,..." axes (their product is the sweep): any of lr, l1_coef, k,
-    # k_start, aux_coef, jl_coef, l0_coef, seed, l1_warmup_frac, lr_decay_frac, k_anneal_frac.
+    # k_start, aux_coef, jl_coef, l0_coef, seed, l1_warmup_frac, lr_decay_frac, k_anneal_frac,
+    # threshold_rate.
     config.sweep.grid = "l1_coef=1,2,3,5,8,12,16,24"
     config.sweep.strategy = "auto"  # auto | vmap | map | loop: how members share one program
 

@@ -2,8 +2,9 @@
 
 Every loss has the signature (params, x_BD, hp, dead_F, cfg) -> (loss, aux), where hp holds the
 *effective* (already scheduled) hyper-parameters, dead_F is the [F] bool mask of dead latents and
-aux holds "f_BF", "xhat_BD", "mse" and the variant's penalty terms by name. mse is the mean over
-the batch of the squared error summed over d (the papers' ‖x − x̂‖²).
+aux holds "f_BF", "xhat_BD", "mse" and the variant's penalty terms by name (batchtopk variants add
+"min_kept", the sample their threshold averages). mse is the mean over the batch of the squared
+error summed over d (the papers' ‖x − x̂‖²).
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ def auxk_loss(
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
+def auxk_term(
+    params: Params, z_BF: jax.Array, x_BD: jax.Array, xhat_BD: jax.Array, dead_F: jax.Array,
+    k_aux: int,
+) -> jax.Array:
+    """The TopK family's AuxK on the residual stop_grad(x − x̂); 0 while nothing is dead."""
+    e_BD = jax.lax.stop_gradient(x_BD - xhat_BD)  # AuxK fits the residual; it does not move it
+    # Skip the extra top_k and [B,F]x[F,D] products while nothing is dead (early training). With
+    # no dead latent the term is 0, as SAELens returns (OpenAI's would be a gradient-free const).
+    return jax.lax.cond(
+        jnp.any(dead_F),
+        lambda: auxk_loss(params, z_BF, e_BD, dead_F, k_aux),
+        lambda: jnp.zeros((), jnp.float32),
+    )
+
+
 def loss_topk(
     params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
 ) -> tuple[jax.Array, Aux]:
@@ -82,16 +98,36 @@ def loss_topk(
     xhat_BD = model.decode_sparse(params, vals_BK, idx_BK)
     f_BF = jax.lax.stop_gradient(model.scatter_topk(z_BF, vals_BK, idx_BK))
     mse = _mse(x_BD, xhat_BD)
-    e_BD = jax.lax.stop_gradient(x_BD - xhat_BD)  # AuxK fits the residual; it does not move it
-    # Skip the extra top_k and [B,F]x[F,D] products while nothing is dead (early training). With
-    # no dead latent the term is 0, as SAELens returns (OpenAI's would be a gradient-free const).
-    auxk = jax.lax.cond(
-        jnp.any(dead_F),
-        lambda: auxk_loss(params, z_BF, e_BD, dead_F, cfg.k_aux),
-        lambda: jnp.zeros((), jnp.float32),
-    )
+    auxk = auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
     loss = mse + hp["aux_coef"] * auxk
     return loss, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk}
+
+
+def smallest_kept(vals_S: jax.Array) -> jax.Array:
+    """The smallest positive selected activation (θ's per-batch sample); 0 if none is positive."""
+    positive_S = vals_S > 0
+    smallest = jnp.min(jnp.where(positive_S, vals_S, jnp.inf))
+    return jax.lax.stop_gradient(jnp.where(jnp.any(positive_S), smallest, 0.0))
+
+
+def loss_batchtopk(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """mean ‖x − x̂‖² + aux_coef · AuxK, f = the k·B largest of ReLU(W_enc (x − b_dec) + b_enc)."""
+    # Bussmann et al. 2024 (BatchTopK SAEs; dictionary_learning batch_top_k.py, SAELens
+    # batchtopk_sae.py): topk's encoder, init, unit-norm decoder and AuxK, with the selection
+    # taken over the whole batch. aux["min_kept"] is the batch's sample for the inference
+    # threshold θ, which step.train_step averages (the loss does not read θ).
+    x_BD = x_BD.astype(jnp.float32)
+    z_BF = model.preacts_pre_bias(params, x_BD)
+    vals_S, flat_S = model.batchtopk_select(z_BF, cfg.k, hp["k"])
+    xhat_BD = model.decode_batch_sparse(params, vals_S, flat_S, x_BD.shape[0])
+    f_BF = jax.lax.stop_gradient(model.scatter_batchtopk(z_BF, vals_S, flat_S))
+    mse = _mse(x_BD, xhat_BD)
+    auxk = auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
+    loss = mse + hp["aux_coef"] * auxk
+    return loss, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk,
+                  "min_kept": smallest_kept(vals_S)}
 
 
 def loss_towards_2023(
@@ -225,6 +261,35 @@ def loss_matryoshka(
     return loss, aux
 
 
+def loss_matryoshka_batchtopk(
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+) -> tuple[jax.Array, Aux]:
+    """mean over prefixes m of ‖x − x̂_m‖² + aux_coef · AuxK; BatchTopK f, x̂_m from f[:, :m]."""
+    # dictionary_learning matryoshka_batch_top_k.py (Bussmann et al. 2025): the batch selection
+    # over all latents, then loss_matryoshka's nested-prefix reconstruction (equal weights,
+    # cumulative chunks) instead of an L1; AuxK fits the full dictionary's residual.
+    x_BD = x_BD.astype(jnp.float32)
+    num_b = x_BD.shape[0]
+    z_BF = model.preacts_pre_bias(params, x_BD)
+    vals_S, flat_S = model.batchtopk_select(z_BF, cfg.k, hp["k"])
+    rows_S, cols_S, terms_SD = model.batch_sparse_terms(params, vals_S, flat_S)
+    xhat_BD = jnp.broadcast_to(params["b_dec_D"][None], x_BD.shape)
+    mses, start = [], 0
+    for end in cfg.prefixes:
+        chunk_S = (cols_S >= start) & (cols_S < end)
+        xhat_BD = xhat_BD + jax.ops.segment_sum(jnp.where(chunk_S[:, None], terms_SD, 0.0),
+                                                rows_S, num_segments=num_b)
+        mses.append(_mse(x_BD, xhat_BD))
+        start = end
+    f_BF = jax.lax.stop_gradient(model.scatter_batchtopk(z_BF, vals_S, flat_S))
+    auxk = auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
+    loss = sum(mses) / len(mses) + hp["aux_coef"] * auxk
+    aux = {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mses[-1], "auxk": auxk,
+           "min_kept": smallest_kept(vals_S)}
+    aux.update({f"mse_prefix{i}": m for i, m in enumerate(mses[:-1])})
+    return loss, aux
+
+
 LOSSES = {
     "anthropic_2024": loss_anthropic_2024,
     "topk": loss_topk,
@@ -232,4 +297,6 @@ LOSSES = {
     "jl": loss_jl,
     "jumprelu": loss_jumprelu,
     "matryoshka": loss_matryoshka,
+    "batchtopk": loss_batchtopk,
+    "matryoshka_batchtopk": loss_matryoshka_batchtopk,
 }

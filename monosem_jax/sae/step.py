@@ -22,7 +22,8 @@ from monosem_jax.sae.model import HParams, Params, SAEConfig
 State = dict
 
 HPARAM_KEYS = ("lr", "l1_coef", "aux_coef", "jl_coef", "l0_coef", "k", "k_start", "total_steps",
-               "l1_warmup_frac", "lr_decay_frac", "k_anneal_frac", "jl_warmup_frac")
+               "l1_warmup_frac", "lr_decay_frac", "k_anneal_frac", "jl_warmup_frac",
+               "threshold_rate")
 INT_HPARAMS = ("k", "k_start")
 _FRACTIONS = ("l1_warmup_frac", "lr_decay_frac", "k_anneal_frac", "jl_warmup_frac")
 _COEFFICIENTS = ("l1_coef", "aux_coef", "jl_coef", "l0_coef")
@@ -38,6 +39,10 @@ def default_hparams(cfg: SAEConfig, **overrides) -> HParams:
         "lr": 5e-5, "l1_coef": 0.0, "aux_coef": 1.0 / 32.0, "jl_coef": 0.0, "l0_coef": 0.0,
         "k": cfg.k, "k_start": cfg.k, "total_steps": 10_000,
         "l1_warmup_frac": 0.05, "lr_decay_frac": 0.2, "k_anneal_frac": 0.0, "jl_warmup_frac": 0.4,
+        # batchtopk variants: weight of each batch's smallest kept activation in θ's running
+        # average (SAELens topk_threshold_lr 0.01: a window of ~100 steps, short enough for our
+        # 600-step runs; dictionary_learning's β = 0.999 suits its 30k+ steps).
+        "threshold_rate": 0.01,
     }
     if cfg.variant == "anthropic_2024":  # Anthropic's April 2024 update: lr 5e-5, λ = 5
         hp.update(lr=5e-5, l1_coef=5.0)
@@ -49,7 +54,9 @@ def default_hparams(cfg: SAEConfig, **overrides) -> HParams:
         hp.update(lr=5e-5, l1_coef=0.5)
     elif cfg.variant == "towards_2023":  # unit-norm decoder: λ means the same as above
         hp.update(lr=1e-4, l1_coef=5.0)
-    elif cfg.variant == "topk":  # Gao et al. fig. 3 / dictionary_learning: 2e-4 / √(F / 2^14)
+    elif cfg.variant in model.TOPK_FAMILY:
+        # Gao et al. fig. 3 / dictionary_learning (top_k, batch_top_k, matryoshka_batch_top_k):
+        # 2e-4 / √(F / 2^14).
         hp.update(lr=2e-4 / math.sqrt(cfg.d_sae / 2**14))
     elif cfg.variant == "jl":
         # gpt_sae: lr 1e-4, final coefficient c = 0.5 on mean(e²) + c·√d·mean_{F²} atanh|cos|;
@@ -85,9 +92,10 @@ def validate_hparams(cfg: SAEConfig, hp: HParams) -> None:
     for name in _COEFFICIENTS:
         check(name, lambda v: v >= 0, ">= 0")
     check("total_steps", lambda v: v >= 1, ">= 1")
+    check("threshold_rate", lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
     for name in _FRACTIONS:
         check(name, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
-    if cfg.variant == "topk":  # top_k is compiled for cfg.k; the traced k can only select fewer
+    if cfg.variant in model.TOPK_FAMILY:  # top_k is compiled for cfg.k; a traced k selects fewer
         for name in INT_HPARAMS:
             check(name, lambda v: (v >= 1) & (v <= cfg.k), f"an integer in [1, cfg.k={cfg.k}]")
 
@@ -109,7 +117,8 @@ def scheduled(hp: HParams, step) -> HParams:
     out["l0_coef"] = hp["l0_coef"] * warm
     # Anthropic 2024: the learning rate decays linearly to 0 over the last 20% of steps.
     out["lr"] = hp["lr"] * _ramp(total - t, hp["lr_decay_frac"] * total)
-    # Optional TopK schedule: k moves linearly from k_start to k over the first k_anneal_frac.
+    # Optional TopK / BatchTopK schedule: k moves linearly from k_start to k over the first
+    # k_anneal_frac.
     frac = _ramp(t, hp["k_anneal_frac"] * total)
     k_start = hp["k_start"].astype(jnp.float32)
     out["k"] = jnp.round(k_start + (hp["k"].astype(jnp.float32) - k_start) * frac).astype(
@@ -135,6 +144,16 @@ def init_state(cfg: SAEConfig, key: jax.Array) -> State:
         "step": jnp.zeros((), jnp.int32),
         "steps_since_fired_F": jnp.zeros((cfg.d_sae,), jnp.int32),
     }
+
+
+def update_threshold(theta: jax.Array, min_kept: jax.Array, rate: jax.Array) -> jax.Array:
+    """θ ← (1 − rate)·θ + rate·min_kept; the first sample sets θ; a batch with none leaves it."""
+    # The batchtopk inference threshold: a running average of the smallest activation the batch
+    # rule kept (SAELens BatchTopKTrainingSAE.update_topk_threshold, an EMA from 0; dictionary_
+    # learning's matryoshka trainer starts its EMA at the first sample, as here, so θ carries no
+    # bias towards its 0 init). θ = 0 means "no sample yet"; min_kept = 0 means nothing fired.
+    ema = jnp.where(theta > 0, (1.0 - rate) * theta + rate * min_kept, min_kept)
+    return jnp.where(min_kept > 0, ema, theta).astype(jnp.float32)
 
 
 def project_out_parallel(w_dec_FD: jax.Array, g_FD: jax.Array) -> jax.Array:
@@ -164,6 +183,9 @@ def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig
     new_params = jax.tree.map(lambda p, u: p - hp_t["lr"] * u, params, updates)
     if unit_norm:
         new_params["w_dec_FD"] = unit_rows(new_params["w_dec_FD"])
+    if cfg.variant in model.BATCH_TOPK:  # θ is no gradient parameter (its gradient is 0 anyway)
+        new_params["threshold"] = update_threshold(params["threshold"], aux["min_kept"],
+                                                   hp_t["threshold_rate"])
 
     f_BF = aux["f_BF"]
     fired_F = jnp.any(f_BF > 0, axis=0)
@@ -176,8 +198,10 @@ def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig
     metrics.update({k: v for k, v in aux.items() if k not in ("f_BF", "xhat_BD")})
     metrics.update(loss=loss, lr=hp_t["lr"], l1_coef=hp_t["l1_coef"], grad_norm=grad_norm,
                    dead_fraction=jnp.mean((since_F >= cfg.dead_steps).astype(jnp.float32)))
-    if cfg.variant == "topk":
+    if cfg.variant in model.TOPK_FAMILY:
         metrics["k"] = hp_t["k"]
+        if cfg.variant in model.BATCH_TOPK:
+            metrics["threshold"] = new_params["threshold"]
     elif cfg.variant == "jl":
         metrics["jl_coef"] = hp_t["jl_coef"]
     elif cfg.variant == "jumprelu":

@@ -39,6 +39,7 @@ HPARAM_FIELDS = (
     "lr_decay_frac",
     "k_anneal_frac",
     "jl_warmup_frac",
+    "threshold_rate",
 )
 
 
@@ -207,6 +208,8 @@ def finish_run(spec: RunSpec, params, hp, eval_ND, train_stats: dict, t_start: f
         **metrics,
         **train_stats,
         "hparams": {k: float(v) for k, v in jax.device_get(hp).items()},
+        # batchtopk variants: the inference threshold θ the held-out metrics above encoded with
+        **({"threshold": float(params["threshold"])} if "threshold" in params else {}),
         "seed": spec.seed,
         "wall_s": time.time() - t_start,
     }
