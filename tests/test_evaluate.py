@@ -172,6 +172,22 @@ def test_evaluate_smoke_end_to_end(sae_workdir, capsys):
         assert (kind, unit["direction"]) in {(k, d) for k in ("mlp", "resid")
                                              for d in ("above", "below")}
         assert 0 <= int(index) < (64 if kind == "mlp" else 32) and 0 <= unit["f1"] <= 1
+    # Probes: every eval window is sampled (probe_tokens > eval tokens), split in two halves.
+    assert summary["probe_train_tokens"] == summary["probe_test_tokens"] == 32 * 31
+    table = summary["concept_table"]
+    for row in table:
+        for key in ("probe_f1", "sparse_probe_f1_k1", "sparse_probe_f1_k2", "sparse_probe_f1_k5",
+                    "sparse_probe_over_ceiling_k1"):
+            assert row[key] is None or 0 <= row[key] <= (1 if "ceiling" not in key else np.inf), key
+        assert len(row["sparse_probe_latents"]) == 5 and max(row["sparse_probe_latents"]) < 128
+        if row["probe_f1"]:
+            assert row["sparse_probe_over_ceiling_k1"] == pytest.approx(
+                row["sparse_probe_f1_k1"] / row["probe_f1"])
+    probed = [r for r in table if r["probe_f1"] is not None]
+    assert probed and summary["concepts_probed"] == len(probed)
+    assert summary["concepts_feature_beats_unit"] == sum(r["f1"] > r["neuron_f1"] for r in table)
+    assert 0 <= summary["concepts_sparse_probe_k1_over_ceiling_ge_0_9"] <= len(probed)
+    assert "L-BFGS" in summary["probe_recipe"] and summary["probe_wall_s"] > 0
 
 
 def test_unlabelled_corpus_and_missing_run(sae_workdir, copy_workdir):
@@ -193,3 +209,34 @@ def test_unlabelled_corpus_and_missing_run(sae_workdir, copy_workdir):
     config.threshold_rates = "0.5,2"
     with pytest.raises(ValueError, match="threshold_rates"):
         evaluate.evaluate(config, workdir)
+
+
+def test_report_shows_every_evaluated_sae_with_probe_columns(sae_workdir, copy_workdir):
+    from monosem_jax.analysis import report
+
+    workdir = copy_workdir(sae_workdir)
+    config = eval_default.get_config("smoke")
+    summary = evaluate.evaluate(config, workdir)
+    # A second SAE's evaluation from before the probes existed: its probe cells show "–".
+    legacy = {**summary, "sae_name": "legacy"}
+    legacy["concept_table"] = [{k: v for k, v in r.items() if "probe" not in k}
+                               for r in summary["concept_table"]]
+    for key in [k for k in legacy if "probe" in k or k == "concepts_feature_beats_unit"]:
+        del legacy[key]
+    with open(os.path.join(workdir, "eval", "legacy.json"), "w") as f:
+        json.dump(legacy, f)
+    report.write_report(config, workdir)
+    with open(os.path.join(workdir, "report.md")) as f:
+        text = f.read()
+    section = text[text.index("## Planted concepts"):]
+    assert section.index("### `anthropic_2024`") < section.index("### `legacy`")  # default first
+    header = "| probe ceiling | k=1 | k=2 | k=5 | k=1 / ceiling |"
+    assert section.count(header) == 1  # the legacy table has no k columns
+    row = summary["concept_table"][0]
+    cells = [c.strip() for c in section.split(f"\n| {row['concept']} |")[1].split("\n")[0]
+             .split("|")]
+    assert cells[5:10] == [format(row[k], ".2f") if row[k] is not None else "–" for k in (
+        "probe_f1", "sparse_probe_f1_k1", "sparse_probe_f1_k2", "sparse_probe_f1_k5",
+        "sparse_probe_over_ceiling_k1")]
+    legacy_rows = section[section.index("### `legacy`"):].split("\n| " + row["concept"] + " |")
+    assert legacy_rows[1].split("\n")[0].rstrip().endswith("| – | – |")

@@ -26,6 +26,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.threshold_sample_tokens = 8192  # tokens (strided over the windows) for the quantiles
     config.recovered_f1 = 0.8  # a concept counts as recovered by a unit with F1 >= this
 
+    # Probes (analysis/probes.py): per concept, a logistic probe on the hook's activations (the
+    # linear ceiling) and SAEBench-style k-sparse probes on the k latents with the largest
+    # |class-mean difference|; fit on a train part of the eval windows, F1 on the rest.
+    config.probe_tokens = 32768  # tokens sampled (whole windows, seeded; 0 = every eval window)
+    config.probe_train_fraction = 0.5  # this fraction of the sampled windows train, the rest test
+    config.probe_seed = 0  # which windows are sampled
+    config.probe_l2 = 1e-4  # L2 on standardized inputs, per mean BCE (sklearn C = 1/(l2 N))
+    config.probe_steps = 100  # full-batch L-BFGS steps (one program fits every probe)
+    config.probe_ks = (1, 2, 5)  # latents per sparse probe (SAEBench's k_values)
+
     if arg == "smoke":
         config.max_tokens = 2048
         config.batch_size = 8

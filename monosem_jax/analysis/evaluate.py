@@ -7,7 +7,10 @@ the MLP neurons of the hook's block and with the hook's own dimensions, and per-
 true-positive counts of every feature and every neuron against the planted concept labels. The
 host adds them up in float64, so memory does not grow with `max_tokens`: one batch, the
 [features, neurons + dims] cross-products, and the token sample (`threshold_sample_tokens`) that
-sets each unit's detection thresholds and correlation shift in a short first pass.
+sets each unit's detection thresholds and correlation shift in a short first pass. On a labelled
+corpus a last pass over a window sample (`probe_tokens`) feeds the probes (`probes.py`): per
+concept a logistic probe on the hook's activations (the ceiling) and k-sparse probes on SAE
+latents, both scored on held-out windows.
 
 Outputs, in `W/eval/`: `<name>.json` (the summary, also the last stdout line),
 `<name>_density.png` (feature density histogram) and `<name>_features.npz` (per-feature density
@@ -30,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from monosem_jax import metrics_io, parallel
-from monosem_jax.analysis import features
+from monosem_jax.analysis import features, probes
 from monosem_jax.analysis import metrics as m
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import model as gpt_model
@@ -52,6 +55,7 @@ class EvalConfig:
                                           0.005, 0.002)
     threshold_sample_tokens: int = 8192
     recovered_f1: float = 0.8
+    probe: probes.ProbeConfig = probes.ProbeConfig()
 
     def __post_init__(self):
         if not self.sae_name:
@@ -87,6 +91,7 @@ def eval_config_from(config: ml_collections.ConfigDict) -> EvalConfig:
         threshold_rates=rates,
         threshold_sample_tokens=config.threshold_sample_tokens,
         recovered_f1=config.recovered_f1,
+        probe=probes.probe_config_from(config),
     )
 
 
@@ -193,6 +198,41 @@ def batch_sums(lm_params, sae_arrays, tokens_BL, valid_B, labels_BLC, aux, st: E
     return sums
 
 
+@functools.partial(jax.jit, static_argnames="st")
+def _hook_rows(lm_params, tokens_BL, valid_B, st: EvalStatic):
+    """Hook activations [N, D] and the evaluated-position mask [N] (layers past the hook are
+    dead code: XLA drops them)."""
+    _, cap = gpt_model.forward(st.model_cfg, lm_params, tokens_BL, capture=(st.hook,))
+    x_BLD = cap[st.hook].astype(jnp.float32)
+    mask_BL = (jnp.arange(tokens_BL.shape[1]) >= st.first)[None] & valid_B[:, None]
+    return x_BLD.reshape(-1, x_BLD.shape[-1]), mask_BL.reshape(-1)
+
+
+_reported_acts = jax.jit(features.feature_acts)
+
+
+def _probe_concepts(lm_params, sae, windows_WL, labels_WL, concepts, cfg: EvalConfig, st, mesh,
+                    table: list[dict]) -> dict:
+    """Adds the probe columns to the concept table's rows; returns the summary's probe fields."""
+    if windows_WL.shape[0] < 2:
+        return {"probe_note": "a single eval window: no held-out part for the probes"}
+    t_start = time.time()
+    parts = []  # x_train, y_train, x_test, y_test
+    for picked_W in probes.split_windows(windows_WL.shape[0], windows_WL.shape[1] - st.first,
+                                         cfg.probe):
+        xs, ys = [], []
+        for tokens_BL, valid_B, labels_BLC in _batches(windows_WL[picked_W], labels_WL[picked_W],
+                                                       len(concepts), cfg.batch_size, mesh):
+            x_ND, mask_N = jax.device_get(_hook_rows(lm_params, tokens_BL, valid_B, st))
+            xs.append(x_ND[mask_N])
+            ys.append(np.asarray(labels_BLC).reshape(-1, len(concepts))[mask_N])
+        parts += [np.concatenate(xs), np.concatenate(ys)]
+    results = probes.concept_probes(lambda x_ND: _reported_acts(sae, x_ND), *parts, cfg.probe)
+    probes.probe_fields(table, concepts, results, parts[1], parts[3], cfg.probe.ks)
+    return probes.probe_summary(table, parts[0].shape[0], parts[2].shape[0], cfg.probe,
+                                time.time() - t_start)
+
+
 def concept_bits(labels_BL: np.ndarray, num_concepts: int) -> np.ndarray:
     """Bool [B, L, C] of uint32 concept bitmasks (bit c = concept c)."""
     bits_C = np.arange(num_concepts, dtype=np.uint32)
@@ -252,6 +292,8 @@ def _no_concepts(unlabelled: bool) -> dict:
         "concepts_recovered_fraction": None,
         "concepts_recovered_fraction_neuron": None,
         "concept_table": None,
+        "concepts_feature_beats_unit": None,
+        "concepts_sparse_probe_k1_over_ceiling_ge_0_9": None,
         "concept_note": f"{reason} (e.g. real text); concept recovery skipped",
     }
 
@@ -343,6 +385,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if with_concepts:
         summary.update(m.concept_finish(totals, aux["thresholds_FT"], aux["thresholds_ST"],
                                         concepts, model_cfg.d_mlp, cfg.recovered_f1))
+        summary.update(_probe_concepts(lm_params, sae, windows_WL, labels_WL, concepts, cfg, st,
+                                       mesh, summary["concept_table"]))
     else:
         summary.update(_no_concepts(split.labels_N is None))
     density_F = totals["fires_F"] / totals["n"]

@@ -256,5 +256,6 @@ def concept_finish(
         "concepts_recovered_fraction": recovered(concept_f1),
         "concepts_recovered_fraction_neuron": recovered(concept_f1_neuron),
         "concepts_absent": absent,
+        "concepts_feature_beats_unit": sum(r["f1"] > r["neuron_f1"] for r in table),
         "concept_table": table,
     }

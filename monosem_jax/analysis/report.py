@@ -1,9 +1,10 @@
 """The run at a glance: `W/report.md` with its plots in `W/report/`.
 
-It reads what the earlier stages wrote (metrics.jsonl files, the eval JSON, the browser's
+It reads what the earlier stages wrote (metrics.jsonl files, the eval JSONs, the browser's
 per-feature records) and computes nothing new: LM loss curve, SAE training curves (and the
-sweep frontier when a sweep exists), the feature density histogram, the concept table against
-neurons, and five example features with their top contexts.
+sweep frontier when a sweep exists), the feature density histogram, a concept table per
+evaluated SAE (best feature and unit F1, probe ceiling, k-sparse probes), and five example
+features with their top contexts.
 """
 
 from __future__ import annotations
@@ -98,6 +99,54 @@ def example_features(eval_json: dict, browser_dir: str, count: int = 5) -> list[
     return chosen
 
 
+def eval_summaries(workdir: str, first: str) -> list[dict]:
+    """Every SAE evaluation in W/eval/ (`<sae>.json`): the named one first, then by name."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(workdir, "eval", "*.json"))):
+        summary = metrics_io.read_json(path)
+        if isinstance(summary, dict) and "sae_name" in summary and "concept_table" in summary:
+            found.append(summary)
+    return sorted(found, key=lambda e: (e["sae_name"] != first, e["sae_name"]))
+
+
+def _num(value, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)  # "–": absent (or an older eval JSON)
+
+
+def concept_table_lines(eval_json: dict) -> list[str]:
+    """One SAE's concept table: best feature and unit F1, the probe ceiling, k-sparse probes."""
+    table = eval_json["concept_table"]
+    ks = sorted({int(key.rsplit("_k", 1)[1]) for row in table for key in row
+                 if key.startswith("sparse_probe_f1_k")})
+    lines = [
+        f"### `{eval_json['sae_name']}` ({eval_json.get('variant', '?')}, "
+        f"`{eval_json.get('hook', '?')}`)",
+        "",
+        f"Recovered (F1 ≥ 0.8): features {_num(eval_json.get('concepts_recovered_fraction'))}, "
+        f"neurons/residual dims {_num(eval_json.get('concepts_recovered_fraction_neuron'))}. "
+        f"Feature beats unit on {_num(eval_json.get('concepts_feature_beats_unit'), 'd')} of "
+        f"{len(table)} concepts; the 1-sparse probe reaches ≥ 0.9 of the ceiling on "
+        f"{_num(eval_json.get('concepts_sparse_probe_k1_over_ceiling_ge_0_9'), 'd')} of "
+        f"{_num(eval_json.get('concepts_probed'), 'd')} probed (probes: "
+        f"{_num(eval_json.get('probe_train_tokens'), ',')} train / "
+        f"{_num(eval_json.get('probe_test_tokens'), ',')} held-out tokens).",
+        "",
+        "| concept | base rate | feature | F1 (P / R) | best unit | F1 | probe ceiling | "
+        + "".join(f"k={k} | " for k in ks) + "k=1 / ceiling |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(ks) + "---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['concept']} | {r['base_rate']:.3f} | {r['feature']} | "
+            f"{r['f1']:.2f} ({r['precision']:.2f} / {r['recall']:.2f}) | "
+            f"{md_escape(str(r['neuron_unit']))} | {r['neuron_f1']:.2f} | "
+            f"{_num(r.get('probe_f1'))} | "
+            + "".join(f"{_num(r.get(f'sparse_probe_f1_k{k}'))} | " for k in ks)
+            + f"{_num(r.get('sparse_probe_over_ceiling_k1'))} |"
+        )
+    return lines + [""]
+
+
 def _context_line(tok, example: dict) -> str:
     """A top context as Markdown: the token at the focus in bold, the rest escaped text."""
     pieces = [tok.decode([int(t)]) for t in example["tokens"]]
@@ -174,23 +223,20 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         shutil.copy(density, os.path.join(report_dir, "density.png"))
         lines += ["![feature density](report/density.png)", ""]
 
-    if eval_json.get("concept_table"):
+    labelled = [e for e in eval_summaries(workdir, name) if e.get("concept_table")]
+    if labelled:
         lines += [
-            "## Planted concepts: best single feature vs best single neuron",
+            "## Planted concepts: features, units and probes",
             "",
-            f"Recovered (F1 ≥ 0.8): features {eval_json['concepts_recovered_fraction']:.2f}"
-            f", neurons/residual dims {eval_json['concepts_recovered_fraction_neuron']:.2f}.",
+            "Per concept: the best single SAE feature and the best single MLP neuron / residual "
+            "dimension as threshold detectors (thresholds chosen on the tokens scored); a "
+            "logistic probe on the hook's activations, the linear ceiling; and SAEBench-style "
+            "k-sparse probes on the k latents with the largest class-mean difference. Probes "
+            "train on part of the eval windows and are scored (F1) on the rest.",
             "",
-            "| concept | base rate | feature | F1 (P / R) | best neuron | F1 |",
-            "|---|---|---|---|---|---|",
         ]
-        for r in eval_json["concept_table"]:
-            lines.append(
-                f"| {r['concept']} | {r['base_rate']:.3f} | {r['feature']} | "
-                f"{r['f1']:.2f} ({r['precision']:.2f} / {r['recall']:.2f}) | "
-                f"{md_escape(str(r['neuron_unit']))} | {r['neuron_f1']:.2f} |"
-            )
-        lines.append("")
+        for summary in labelled:
+            lines += concept_table_lines(summary)
 
     browser_dir = os.path.join(workdir, "browser")
     examples = example_features(eval_json, browser_dir)
