@@ -1,16 +1,19 @@
-"""Steering dose-response: clamp a topic feature and count that topic's words in generations.
+"""Steering dose-response for every topic: clamp a topic's feature, count the topic's words in
+generations, and check the text stays fluent.
 
-  python experiments/steering_dose_response.py --workdir W [--sae-name anthropic_2024]
-      [--concept topic_ocean] [--multiples -4,-2,1,2,4,8,16] [--samples 8] [--num-new 40]
+  python experiments/steering_dose_response.py --workdir W [--sae-name NAME]
+      [--concepts topic_ocean,topic_space] [--multiples -4,-2,1,2,4,8,16] [--samples 8]
 
-The feature is the one with the best F1 for the concept in W/eval/<sae>.json (run the eval
-stage first). Neutral story openings (no topic word) are continued `samples` times each, 64
-continuations in all, unsteered and with the feature clamped at each multiple of its maximum
-activation on held-out tokens, every dose in one compiled program with the same random keys
-(steer.generate). The topic word rate is topic words / all words of the continuations, with the
-topic's vocabulary from the corpus generator (corpus.generator.topic_vocabulary, English and
-French). Prints a table, the PNG path and, last, a JSON object with `steered_over_base` (the
-best positive dose's rate over the unsteered rate; goal >= 5) and `negative_over_base`.
+For each topic concept (default: every topic_* concept of the corpus) the feature is the one
+with the best F1 for it in W/eval/<sae>.json (run the eval stage first). Neutral story openings
+(no topic word) are continued `samples` times each, unsteered and with the feature clamped at
+each multiple of its maximum activation on held-out tokens, every dose in one compiled program
+with the same random keys (steer.generate). The topic word rate is topic words / all words of
+the continuations; a topic's words are the words its labels mark in the training split (so a
+labelled real corpus works too). The fluency guard is the continuations' perplexity under the
+unsteered LM, over the unsteered continuations' perplexity. A topic is steered when some
+positive dose raises the rate >= 5x with a perplexity ratio <= 2. Prints a table per topic and,
+last, a JSON object with `topics_steered` and per-topic rows.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from monosem_jax.corpus import generator  # noqa: E402
+from monosem_jax.corpus import dataset  # noqa: E402
 from monosem_jax.intervene import splice, steer  # noqa: E402
 
 # Openings of the corpus's own story shapes that name no topic (checked below).
@@ -45,19 +48,18 @@ WORD = re.compile(r"[^\W\d_]+")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True, help="a finished default pipeline run")
-    p.add_argument("--sae-name", default="anthropic_2024")
-    p.add_argument("--concept", default="topic_ocean", help="a topic_* concept")
+    p.add_argument("--workdir", required=True, help="a finished pipeline run with labels")
+    p.add_argument("--sae-name", default="", help="default: the pipeline's SAE (eval config)")
+    p.add_argument("--concepts", default="", help="comma-separated concepts (default: topics)")
     p.add_argument("--multiples", default="-4,-2,1,2,4,8,16",
                    help="clamp values as multiples of the feature's max activation")
     p.add_argument("--samples", type=int, default=8, help="continuations per prompt")
     p.add_argument("--num-new", type=int, default=40, help="tokens per continuation")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if not args.concept.startswith("topic_"):
-        p.error(f"--concept must be a topic concept (topic_ocean, ...), got {args.concept!r}")
-    return args
+    p.add_argument("--goal-ratio", type=float, default=5.0)
+    p.add_argument("--max-ppl-ratio", type=float, default=2.0)
+    return p.parse_args(argv)
 
 
 def topic_rate(texts: list[str], vocab: frozenset[str]) -> tuple[float, int, int]:
@@ -67,91 +69,152 @@ def topic_rate(texts: list[str], vocab: frozenset[str]) -> tuple[float, int, int
     return hits / max(len(words), 1), hits, len(words)
 
 
-def plot(path: str, multiples, rates, base: float, title: str) -> None:
+def labelled_vocabulary(workdir: str, concepts: list[str], max_tokens: int = 600_000,
+                        min_share: float = 0.5) -> dict[str, frozenset[str]]:
+    """Per concept, the lowercase words its labels mark on at least `min_share` of their
+    occurrences in the first `max_tokens` training tokens (words = runs of letters, rebuilt
+    from the decoded tokens)."""
+    data_dir = os.path.join(workdir, "data")
+    split = dataset.load_split(data_dir, "train")
+    tok = dataset.load_dataset_tokenizer(data_dir)
+    ids = np.asarray(split.tokens_N[:max_tokens])
+    labels = np.asarray(split.labels_N[:max_tokens])
+    pieces = [tok.decode([i]) for i in range(tok.get_vocab_size())]
+    counts: dict[str, list[int]] = {}
+    word, word_bits = "", np.uint32(0)
+
+    def flush():
+        if word:
+            row = counts.setdefault(word, [0] + [0] * len(concepts))
+            row[0] += 1
+            for c in range(len(concepts)):
+                row[c + 1] += int(word_bits >> np.uint32(c) & 1)
+
+    for i, bits in zip(ids.tolist(), labels.tolist(), strict=False):
+        piece = pieces[i]
+        letters = WORD.match(piece.lstrip())
+        if piece[:1].isalpha() and word and letters and letters.group() == piece:
+            word += piece.lower()  # a word continued without a space
+            word_bits &= np.uint32(bits)
+            continue
+        flush()
+        word, word_bits = (letters.group().lower(), np.uint32(bits)) if letters else ("", 0)
+        if letters and letters.end() != len(piece.lstrip()):
+            flush()
+            word = ""
+    flush()
+    return {c: frozenset(w for w, row in counts.items() if row[k + 1] >= min_share * row[0])
+            for k, c in enumerate(concepts)}
+
+
+def plot(path: str, multiples, rows: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(multiples, rates, "o-", label="steered")
-    ax.axhline(base, color="gray", ls="--", label="unsteered")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for row in rows:
+        rates = [row["rates"][str(m)] / max(row["base_rate"], 1e-9) for m in multiples]
+        ax.plot(multiples, rates, "o-", label=row["concept"])
+        bx.plot(multiples, [row["ppl_ratio"][str(m)] for m in multiples], "o-")
+    ax.axhline(5, color="gray", ls="--")
+    bx.axhline(2, color="gray", ls="--")
+    ax.set_yscale("log")
     ax.set_xlabel("clamp (x max activation)")
-    ax.set_ylabel("topic word rate")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("topic word rate / unsteered")
+    bx.set_xlabel("clamp (x max activation)")
+    bx.set_ylabel("perplexity / unsteered")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], multiples):
+    prompts = [p for p in NEUTRAL_PROMPTS if not set(WORD.findall(p.lower())) & vocab]
+    ids_K = np.array([best["feature"]], np.int32)
+    max_act = float(steer.max_activations(model, args.workdir, ids_K)[0])
+    values_VK = np.array(multiples, np.float32)[:, None] * max_act
+    result = steer.steer(model, prompts, ids_K, values_VK, num_samples=args.samples,
+                         num_new=args.num_new, temperature=args.temperature, seed=args.seed)
+    nll_V = steer.continuation_nll(model, result["tokens"], result["prompt_lengths"],
+                                   args.num_new)
+    ppl_V = np.exp(nll_V)
+    flat = lambda rows: [t for row in rows for t in row]  # noqa: E731
+    base, _, base_words = topic_rate(flat(result["baseline"]), vocab)
+    floor = max(base, 1 / max(base_words, 1))  # one topic word: no infinite ratio
+    rates, examples = {}, {}
+    print(f"{concept}: feature {best['feature']} (F1 {best['f1']:.3f}, max act {max_act:.3f})")
+    print(f"{'clamp':>8} {'rate':>8} {'x base':>7} {'ppl':>7}  example")
+    print(f"{'none':>8} {base:8.4f} {1:7.2f} {ppl_V[0]:7.2f}  {result['baseline'][0][0][:60]!r}")
+    for v, (m, rows) in enumerate(zip(multiples, result["steered"], strict=True)):
+        rate, _, _ = topic_rate(flat(rows), vocab)
+        rates[str(m)] = rate
+        examples[str(m)] = rows[0][0]
+        print(f"{m:>7g}x {rate:8.4f} {rate / floor:7.2f} {ppl_V[v + 1]:7.2f}  {rows[0][0][:60]!r}")
+    ppl_ratio = {str(m): float(ppl_V[v + 1] / ppl_V[0]) for v, m in enumerate(multiples)}
+    fluent = [(rates[str(m)] / floor, m) for m in multiples
+              if m > 0 and ppl_ratio[str(m)] <= args.max_ppl_ratio]
+    best_ratio, best_multiple = max(fluent) if fluent else (0.0, None)
+    negative = [rates[str(m)] / floor for m in multiples if m < 0]
+    return {
+        "concept": concept, "feature": best["feature"], "feature_f1": best["f1"],
+        "max_activation": max_act, "base_rate": base, "base_ppl": float(ppl_V[0]),
+        "rates": rates, "ppl_ratio": ppl_ratio,
+        "fluent_steered_over_base": best_ratio, "best_fluent_multiple": best_multiple,
+        "steered_over_base_any_ppl": max(rates[str(m)] / floor for m in multiples if m > 0),
+        "negative_over_base": min(negative) if negative else None,
+        "steered": best_ratio >= args.goal_ratio, "vocabulary_words": len(vocab),
+        "prompts": len(prompts), "examples": examples,
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.time()
-    eval_path = os.path.join(args.workdir, "eval", f"{args.sae_name}.json")
+    sae_name = args.sae_name or pipeline_sae_name(args.workdir)
+    eval_path = os.path.join(args.workdir, "eval", f"{sae_name}.json")
     if not os.path.exists(eval_path):
         sys.exit(f"error: no {eval_path}; run monosem-eval (or the pipeline) first")
     with open(eval_path) as f:
-        best = (json.load(f).get("concept_f1") or {}).get(args.concept)
-    if best is None:
-        sys.exit(f"error: {eval_path} has no concept_f1 for {args.concept}")
-    topic = args.concept[len("topic_"):]
-    vocab = generator.topic_vocabulary()[topic]
-    for prompt in NEUTRAL_PROMPTS:  # the prompts themselves must not carry the topic
-        assert not set(WORD.findall(prompt.lower())) & vocab, prompt
-
-    model = splice.load(args.workdir, args.sae_name)
-    ids_K = np.array([best["feature"]], np.int32)
-    max_act = float(steer.max_activations(model, args.workdir, ids_K)[0])
+        concept_f1 = json.load(f).get("concept_f1") or {}
+    concepts = dataset.load_meta(os.path.join(args.workdir, "data")).get("concepts") or []
+    # Default: every topic; a labelled corpus without topic_* concepts steers all of its own.
+    topics = [c for c in concepts if c.startswith("topic_")] or list(concepts)
+    wanted = [c for c in args.concepts.split(",") if c] if args.concepts else topics
+    missing = [c for c in wanted if c not in concept_f1]
+    if not wanted or missing:
+        sys.exit(f"error: no topic concepts to steer (missing from {eval_path}: {missing})")
+    vocab = labelled_vocabulary(args.workdir, concepts)
     multiples = [float(m) for m in args.multiples.split(",")]
-    print(f"{args.concept}: feature {best['feature']} (F1 {best['f1']:.3f}, max activation "
-          f"{max_act:.3f}); {len(NEUTRAL_PROMPTS)} prompts x {args.samples} samples, "
-          f"doses {multiples}", flush=True)
-    values_VK = np.array(multiples, np.float32)[:, None] * max_act
-    t_gen = time.time()
-    result = steer.steer(model, list(NEUTRAL_PROMPTS), ids_K, values_VK,
-                         num_samples=args.samples, num_new=args.num_new,
-                         temperature=args.temperature, seed=args.seed)
-    gen_s = time.time() - t_gen
-    flat = lambda rows: [t for row in rows for t in row]  # noqa: E731
-    base, base_hits, base_words = topic_rate(flat(result["baseline"]), vocab)
-    rates = []
-    print(f"{'clamp':>8} {'rate':>8} {'hits':>6} {'words':>6}  example", flush=True)
-    print(f"{'none':>8} {base:8.4f} {base_hits:6d} {base_words:6d}  "
-          f"{result['baseline'][0][0][:70]!r}")
-    for m, rows in zip(multiples, result["steered"], strict=True):
-        rate, hits, words = topic_rate(flat(rows), vocab)
-        rates.append(rate)
-        print(f"{m:>7g}x {rate:8.4f} {hits:6d} {words:6d}  {rows[0][0][:70]!r}", flush=True)
-    # A zero base rate would make any ratio infinite: count one topic word as the floor.
-    floor = max(base, 1 / max(base_words, 1))
-    positive = [(r, m) for r, m in zip(rates, multiples, strict=True) if m > 0]
-    best_rate, best_multiple = max(positive) if positive else (float("nan"), None)
-    negative = [r for r, m in zip(rates, multiples, strict=True) if m < 0]
+    model = splice.load(args.workdir, sae_name)
+    rows = [steer_topic(model, args, c, concept_f1[c], vocab[c], multiples) for c in wanted]
     out_dir = os.path.join(args.workdir, "steer")
     os.makedirs(out_dir, exist_ok=True)
-    png = os.path.join(out_dir, f"dose_response_{args.concept}.png")
-    plot(png, multiples, rates, base,
-         f"{args.sae_name} feature {best['feature']} ({args.concept}, F1 {best['f1']:.2f})")
-    print(png, flush=True)
+    png = os.path.join(out_dir, f"dose_response_{sae_name}.png")
+    plot(png, multiples, rows)
     summary = {
-        "steered_over_base": best_rate / floor,
-        "best_multiple": best_multiple,
-        "negative_over_base": (min(negative) / floor) if negative else None,
-        "base_rate": base,
-        "rates": dict(zip(map(str, multiples), rates, strict=True)),
-        "concept": args.concept,
-        "feature": best["feature"],
-        "feature_f1": best["f1"],
-        "max_activation": max_act,
-        "continuations": len(NEUTRAL_PROMPTS) * args.samples,
-        "num_new": args.num_new,
-        "generation_s": round(gen_s, 1),
-        "wall_s": round(time.time() - t0, 1),
-        "png": png,
+        "sae_name": sae_name,
+        "topics_steered": sum(r["steered"] for r in rows),
+        "topics": len(rows),
+        "rows": rows,
+        "samples": args.samples, "num_new": args.num_new,
+        "wall_s": round(time.time() - t0, 1), "png": png,
     }
+    with open(os.path.join(out_dir, f"dose_response_{sae_name}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def pipeline_sae_name(workdir: str) -> str:
+    """The SAE the pipeline evaluated (W/pipeline/eval.json), else anthropic_2024."""
+    path = os.path.join(workdir, "pipeline", "eval.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)["eval"]["sae_name"]
+    return "anthropic_2024"
 
 
 if __name__ == "__main__":

@@ -169,3 +169,34 @@ def test_max_activations_match_feature_acts(spliced, sae_workdir):
     want = np.asarray(splice.feature_acts(spliced.sae, x_BLD))[:, 1:, ids_K].max(axis=(0, 1))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert jax.tree.leaves(got)  # a plain array
+
+
+def test_continuation_nll_is_the_unsteered_loss_of_the_generated_tokens(spliced):
+    tokens_BL = _tokens(spliced)
+    _, x_BLD = _clean(spliced, tokens_BL)
+    ids_K = _live_features(spliced, x_BLD, 1)
+    prompts = ["Once upon a time", "One day, a little"]
+    num_new = 5
+    out = steer.steer(spliced, prompts, ids_K, np.array([[50.0]]), num_samples=2,
+                      num_new=num_new, seed=1)
+    buffers, lengths = out["tokens"], out["prompt_lengths"]
+    assert buffers.shape[:3] == (2, 2, 2)  # baseline + one dose, prompts, samples
+    buffers = buffers.copy()
+    buffers[1, 0, 0, lengths[0] + 1] = spliced.eot  # an early end of text: later slots drop
+    got_V = steer.continuation_nll(spliced, buffers, lengths, num_new)
+    # Direct: log-softmax of the plain LM at each generated slot, up to the first EOT.
+    for v in range(2):
+        total, count = 0.0, 0
+        for p in range(2):
+            for s in range(2):
+                row = buffers[v, p, s]
+                logits, _ = gpt_model.forward(spliced.model_cfg, spliced.lm_params,
+                                              jnp.asarray(row[None, :-1]))
+                logp = np.asarray(jax.nn.log_softmax(logits[0].astype(jnp.float64)
+                                                     if jax.config.x64_enabled else logits[0]))
+                for t in range(lengths[p], lengths[p] + num_new):
+                    total -= float(logp[t - 1, row[t]])
+                    count += 1
+                    if row[t] == spliced.eot:
+                        break
+        np.testing.assert_allclose(got_V[v], total / count, rtol=1e-5)

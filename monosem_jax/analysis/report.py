@@ -180,6 +180,17 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{lm['unigram_entropy']:.3f} ({lm['eval_loss'] / lm['unigram_entropy']:.2f}×).",
         "",
     ]
+    if lm.get("topic_context_gain") is not None:
+        lines += [
+            f"Topic context gain **{lm['topic_context_gain']:.3f}** nats: the loss on a story's "
+            f"topic words is {lm['topic_loss_own']:.3f} after its own opening and "
+            f"{lm['topic_loss_spliced']:.3f} after another topic's opening "
+            f"({lm['topic_scored_tokens']} topic-word tokens, {lm['topic_pairs']} pairs).",
+            "",
+        ]
+    if lm.get("loss_by_position"):
+        by_pos = ", ".join(f"{k}: {v:.2f}" for k, v in lm["loss_by_position"].items())
+        lines += [f"Loss by window position: {by_pos}.", ""]
     if _plot_curves(
         os.path.join(report_dir, "lm_loss.png"),
         {"train loss": _points(lm_rows, "loss"), "eval loss": _points(lm_rows, "eval_loss")},

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from monosem_jax import metrics_io
@@ -175,8 +176,36 @@ def steer(model: splice.SplicedModel, prompts, feature_ids, values_VK: np.ndarra
         num_new=num_new,
         top_k=top_k, buffer_len=tokens_PL.shape[1] + num_new,
     )
-    texts = continuations(model, np.asarray(buffers), lengths_P, num_new)
-    return {"baseline": texts[0], "steered": texts[1:]}
+    buffers_VPSL = np.asarray(buffers)
+    texts = continuations(model, buffers_VPSL, lengths_P, num_new)
+    return {"baseline": texts[0], "steered": texts[1:], "tokens": buffers_VPSL,
+            "prompt_lengths": lengths_P}
+
+
+@functools.partial(jax.jit, static_argnames="model_cfg")
+def _token_nll(lm_params, tokens_BL, *, model_cfg):
+    """Next-token loss [B, L - 1] of each buffer under the unsteered LM."""
+    logits_BLV, _ = gpt_model.forward(model_cfg, lm_params, tokens_BL[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL[:, 1:])
+
+
+def continuation_nll(model: splice.SplicedModel, buffers_VPSL: np.ndarray, lengths_P: np.ndarray,
+                     num_new: int) -> np.ndarray:
+    """Mean loss [V] (nats per token) of each member's continuations under the unsteered LM,
+    over the generated tokens up to and including a first end-of-text token: exp of it is the
+    fluency guard's perplexity (steered text the unsteered model finds unlikely scores high)."""
+    v, p, s, length = buffers_VPSL.shape
+    nll_BL = np.asarray(_token_nll(model.lm_params, jnp.asarray(buffers_VPSL.reshape(-1, length)),
+                                   model_cfg=model.model_cfg)).reshape(v, p, s, length - 1)
+    # nll[..., t - 1] scores the token at slot t; generated slots are [len_p, len_p + num_new).
+    slot_L = np.arange(1, length)
+    mask_VPSL = np.zeros((v, p, s, length - 1), bool)
+    for i, start in enumerate(lengths_P.tolist()):
+        mask_VPSL[:, i] = (slot_L >= start) & (slot_L < start + num_new)
+    is_eot = (buffers_VPSL[..., 1:] == model.eot) & mask_VPSL
+    after_eot = (np.cumsum(is_eot, axis=-1) - is_eot) > 0  # keep the first EOT, drop the rest
+    mask_VPSL &= ~after_eot
+    return (nll_BL * mask_VPSL).sum(axis=(1, 2, 3)) / np.maximum(mask_VPSL.sum(axis=(1, 2, 3)), 1)
 
 
 def _side_by_side(prompts, values, result, unit: str) -> str:
@@ -229,6 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "clamp_values": values_VK.tolist(), "prompts": list(cfg.prompts),
         "num_samples": cfg.num_samples, "num_new": cfg.num_new,
         "temperature": cfg.temperature, "top_k": cfg.top_k, "seed": cfg.seed,
-        **result, "markdown": md_path, "wall_s": time.time() - t_start,
+        "baseline": result["baseline"], "steered": result["steered"],
+        "markdown": md_path, "wall_s": time.time() - t_start,
     }
     return metrics_io.finish_summary(os.path.join(out_dir, f"{name}.json"), summary)
