@@ -1,7 +1,7 @@
 """Activation capture: which hooks, which positions, and the store's layout.
 
 monosem-capture --workdir=W                            (after the LM stage; pipeline config)
-monosem-capture --workdir=W --config.capture.hooks=blocks.0.hook_resid_post,blocks.3.hook_mlp_out
+monosem-capture --workdir=W --config.capture.hooks=blocks.0.hook_resid_post,blocks.1.hook_mlp_out
 """
 
 import ml_collections
@@ -9,8 +9,8 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # Comma-separated hook names; the default is the tiny GPT's middle residual stream.
-    config.hooks = "blocks.1.hook_resid_post"
+    # Comma-separated hook names; the default is the 2-layer tiny GPT's middle residual stream.
+    config.hooks = "blocks.0.hook_resid_post"
     config.dtype = "float32"  # stored dtype: "float32" | "bfloat16" (half the bytes)
     config.positions_per_context = 0  # 0 = all positions; n = n random per context (Towards M.)
     config.exclude_first = True  # drop position 0 of each context (an outlier: attention sink)

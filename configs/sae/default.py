@@ -15,7 +15,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # anthropic_2024 | topk | towards_2023 | jl | jumprelu | matryoshka | batchtopk |
     # matryoshka_batchtopk
     config.variant = "anthropic_2024"
-    config.hook = "blocks.1.hook_resid_post"  # which captured store to train on
+    config.hook = "blocks.0.hook_resid_post"  # which captured store to train on (the middle)
     config.store = ""  # store root: "" = W/acts; else a path or a JSON TensorStore kvstore spec
 
     config.d_sae = 2048  # dictionary size (16 x d for the tiny GPT)
