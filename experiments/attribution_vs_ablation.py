@@ -11,7 +11,7 @@ monosem-attribute gives a typed prompt. Targets: 'loss' (mean next-token CE over
 the goal) and 'logit:next' (the logit of the prompt's last token where it is predicted: one
 position's logit, a harder, less averaged target), each with its own correlations.
 
-  python experiments/attribution_vs_ablation.py --workdir=W [--sae-name=anthropic_2024]
+  python experiments/attribution_vs_ablation.py --workdir=W [--sae-name=NAME]
   python experiments/attribution_vs_ablation.py --workdir=W --prompts=5 --prompt-len=32
 
 Prints per-prompt correlations and the pooled scatter PNG (W/attribution/vs_ablation_<sae>.png,
@@ -212,13 +212,14 @@ def summarise(results: list[attr.Result], curves: list[dict], rel_sizes) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--sae-name", default="anthropic_2024")
+    parser.add_argument("--sae-name", default="", help="default: the pipeline's SAE")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--prompt-len", type=int, default=64, help="tokens, EOT included")
     parser.add_argument("--chunk", type=int, default=64, help="features per vmapped ablation")
     args = parser.parse_args()
 
     t_start = time.time()
+    args.sae_name = metrics_io.resolve_sae_name(args.workdir, args.sae_name)
     model = splice.load(args.workdir, args.sae_name)
     prompts_PL = story_openings(args.workdir, model.eot, args.prompts, args.prompt_len)
     per_target, extras = {}, {}

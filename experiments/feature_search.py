@@ -20,7 +20,7 @@ the concept when one of the concept's labelled spans overlaps the word ("french"
 French stories); each "with" word is paired with the unused "without" word closest in length.
 --unit sentence searches whole sentences instead.
 
-  python experiments/feature_search.py --workdir W [--sae-name anthropic_2024]   (~40 s, CPU)
+  python experiments/feature_search.py --workdir W [--sae-name NAME]   (~40 s, CPU)
   python experiments/feature_search.py --workdir W --score all     # compare the scores
 
 Prompt stories. On the generated corpus (W/corpus/summary.json "source" == "generated") the
@@ -79,7 +79,8 @@ _WORD_RE = re.compile(r"\s?\w+(?:'\w+)?")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a pipeline work dir with W/eval/<sae>.json")
-    p.add_argument("--sae-name", default="anthropic_2024", help="the SAE run W/sae/<name>")
+    p.add_argument("--sae-name", default="", help="the SAE run W/sae/<name> (default: the "
+                   "pipeline's SAE)")
     p.add_argument("--seed", type=int, default=12345,
                    help="story seed (not the corpus seed) and prompt-sampling seed")
     p.add_argument("--num-stories", type=int, default=600,
@@ -244,6 +245,7 @@ def main(argv=None) -> dict:
     generated = corpus.get("source") == "generated"
     if generated and args.seed == corpus.get("seed"):
         raise SystemExit(f"error: --seed {args.seed} is the corpus seed; pick another")
+    args.sae_name = metrics_io.resolve_sae_name(args.workdir, args.sae_name)
     eval_path = os.path.join(args.workdir, "eval", f"{args.sae_name}.json")
     if not os.path.exists(eval_path):
         raise SystemExit(f"error: no {eval_path}; run monosem-eval --config.sae_name=...")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ import time
 
 def parse_run(text: str) -> tuple[str, list[str]]:
     name, _, overrides = text.partition(":")
-    return name, [f"--config.{kv}" for kv in overrides.split(",") if kv]
+    # Split at commas that start a new key=, so list values keep theirs (prefixes=64,256,1024).
+    return name, [f"--config.{kv}" for kv in re.split(r",(?=\w+=)", overrides) if kv]
 
 
 def sh(cmd: list[str]) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from monosem_jax import metrics_io  # noqa: E402
 from monosem_jax.corpus import dataset  # noqa: E402
 from monosem_jax.intervene import splice, steer  # noqa: E402
 
@@ -49,7 +50,7 @@ WORD = re.compile(r"[^\W\d_]+")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a finished pipeline run with labels")
-    p.add_argument("--sae-name", default="", help="default: the pipeline's SAE (eval config)")
+    p.add_argument("--sae-name", default="", help="default: the pipeline's SAE")
     p.add_argument("--concepts", default="", help="comma-separated concepts (default: topics)")
     p.add_argument("--multiples", default="-4,-2,1,2,4,8,16",
                    help="clamp values as multiples of the feature's max activation")
@@ -173,7 +174,7 @@ def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], mu
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.time()
-    sae_name = args.sae_name or pipeline_sae_name(args.workdir)
+    sae_name = metrics_io.resolve_sae_name(args.workdir, args.sae_name)
     eval_path = os.path.join(args.workdir, "eval", f"{sae_name}.json")
     if not os.path.exists(eval_path):
         sys.exit(f"error: no {eval_path}; run monosem-eval (or the pipeline) first")
@@ -206,15 +207,6 @@ def main(argv=None) -> dict:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary), flush=True)
     return summary
-
-
-def pipeline_sae_name(workdir: str) -> str:
-    """The SAE the pipeline evaluated (W/pipeline/eval.json), else anthropic_2024."""
-    path = os.path.join(workdir, "pipeline", "eval.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)["eval"]["sae_name"]
-    return "anthropic_2024"
 
 
 if __name__ == "__main__":

@@ -129,3 +129,21 @@ class LaggedMetrics:
         rate = self.steps_per_s
         eta = format_eta((self.total_steps - step - 1) / rate) if rate > 0 else "?"
         self.report(step, jax.device_get(metrics), rate, eta)
+
+
+def resolve_sae_name(workdir: str, name: str) -> str:
+    """`name`, or for "" the work dir's pipeline SAE (W/pipeline/sae.json), else its only run."""
+    if name:
+        return name
+    recorded = os.path.join(workdir, "pipeline", "sae.json")
+    if os.path.exists(recorded):
+        sae = read_json(recorded)["sae"]
+        return sae.get("name") or sae["variant"]
+    sae_dir = os.path.join(workdir, "sae")
+    runs = sorted(os.listdir(sae_dir)) if os.path.isdir(sae_dir) else []
+    if len(runs) == 1:
+        return runs[0]
+    raise ValueError(
+        f"{workdir} has no pipeline SAE and {len(runs)} SAE runs ({', '.join(runs) or 'none'}); "
+        "name one with --config.sae_name"
+    )

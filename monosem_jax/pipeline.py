@@ -48,13 +48,45 @@ def _sae_stage(config, workdir):
     return sae_train.train_sae(config.sae, workdir)
 
 
-def _eval_stage(config, workdir):
+def _evaluate_once(eval_config, workdir):
     # monosem-eval alone always recomputes (about a minute); the pipeline skips a finished one.
-    path = os.path.join(workdir, "eval", f"{config.eval.sae_name}.json")
+    name = metrics_io.resolve_sae_name(workdir, eval_config.sae_name)
+    path = os.path.join(workdir, "eval", f"{name}.json")
     if os.path.exists(path):
-        logging.info("eval stage already finished (%s); nothing to do", path)
+        logging.info("evaluation of %s already finished (%s); nothing to do", name, path)
         return metrics_io.finish_summary(path, metrics_io.read_json(path))
-    return evaluate.evaluate(config.eval, workdir)
+    return evaluate.evaluate(eval_config, workdir)
+
+
+def _eval_stage(config, workdir):
+    return _evaluate_once(config.eval, workdir)
+
+
+def _compare_stage(config, workdir):
+    """Trains and evaluates each of config.compare_variants beside the default SAE, with the
+    default's settings (each variant's own coefficients), for the report's side-by-side tables."""
+    default_name = metrics_io.resolve_sae_name(workdir, config.sae.name)
+    summaries = {}
+    for variant in config.compare_variants:
+        if variant == default_name:
+            continue
+        sae_config = ml_collections.ConfigDict(config.sae.to_dict())
+        sae_config.variant, sae_config.name = variant, variant
+        trained = sae_train.train_sae(sae_config, workdir)
+        eval_config = ml_collections.ConfigDict(config.eval.to_dict())
+        eval_config.sae_name = variant
+        evaluated = _evaluate_once(eval_config, workdir)
+        summaries[variant] = {
+            "sae_wall_s": trained.get("wall_s"),
+            **{k: evaluated.get(k) for k in COMPARED},
+        }
+    metrics_io.write_json_atomic(os.path.join(workdir, "compare", "summary.json"), summaries)
+    return summaries
+
+
+# What the compare stage's summary keeps of each variant's evaluation.
+COMPARED = ("explained_variance", "l0", "dead_fraction", "ce_loss_recovered",
+            "concepts_feature_beats_unit", "concepts_recovered_fraction")
 
 
 def _browse_stage(config, workdir):
@@ -72,14 +104,18 @@ STAGES = (
     Stage("sae", ("corpus", "tokenizer", "lm", "capture", "sae"), _sae_stage),
     Stage("eval", ("corpus", "tokenizer", "lm", "capture", "sae", "eval"), _eval_stage),
     Stage("browser", ("corpus", "tokenizer", "lm", "capture", "sae", "browse"), _browse_stage),
-    Stage(
-        "report", ("corpus", "tokenizer", "lm", "capture", "sae", "eval", "browse"), _report_stage
-    ),
+    Stage("compare", ("corpus", "tokenizer", "lm", "capture", "sae", "eval", "compare_variants"),
+          _compare_stage),
+    Stage("report", ("corpus", "tokenizer", "lm", "capture", "sae", "eval", "browse",
+                     "compare_variants"), _report_stage),
 )
 
 
 def _sections_json(config: ml_collections.ConfigDict, sections) -> dict:
-    return {name: json.loads(config[name].to_json()) for name in sections}
+    def plain(value):  # a section is a ConfigDict or a plain field (compare_variants)
+        return json.loads(value.to_json() if hasattr(value, "to_json") else json.dumps(value))
+
+    return {name: plain(config[name]) for name in sections}
 
 
 def check_stage_config(config, workdir: str, stage: Stage) -> None:

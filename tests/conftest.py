@@ -34,7 +34,7 @@ def smoke_lm_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sae_workdir(smoke_lm_workdir, tmp_path_factory):
-    """The smoke LM plus a capture and a 40-step SAE run named anthropic_2024 (eval's default).
+    """The smoke LM plus a capture and a 40-step run of the default SAE (its only SAE run).
 
     Shared by the eval, steering, search and attribution tests; copy it before writing.
     """

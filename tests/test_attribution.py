@@ -18,7 +18,7 @@ PROMPT = "Lily went to the park. She saw a big dog"
 
 @pytest.fixture(scope="module")
 def spliced(sae_workdir):
-    model = splice.load(sae_workdir, "anthropic_2024")
+    model = splice.load(sae_workdir, "")  # "": the only run
     tokens_1L, _ = splice.tokenize_prompts(model, [PROMPT])
     return model, jnp.asarray(tokens_1L[0])
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs.eval import default as eval_default
+from monosem_jax import metrics_io
 from monosem_jax.analysis import evaluate, features
 from monosem_jax.analysis import metrics as m
 from monosem_jax.gpt import model as gpt_model
@@ -146,11 +147,13 @@ def test_evaluate_smoke_end_to_end(sae_workdir, capsys):
     config = eval_default.get_config("smoke")
     summary = evaluate.evaluate(config, sae_workdir)
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    path = os.path.join(sae_workdir, "eval", "anthropic_2024.json")
+    name = metrics_io.resolve_sae_name(sae_workdir, "")  # the fixture's only run
+    assert summary["sae_name"] == name
+    path = os.path.join(sae_workdir, "eval", f"{name}.json")
     with open(path) as f:
         assert json.load(f) == json.loads(last_line) == summary
-    assert os.path.getsize(os.path.join(sae_workdir, "eval", "anthropic_2024_density.png")) > 1000
-    assert os.path.exists(os.path.join(sae_workdir, "eval", "anthropic_2024_features.npz"))
+    assert os.path.getsize(os.path.join(sae_workdir, "eval", f"{name}_density.png")) > 1000
+    assert os.path.exists(os.path.join(sae_workdir, "eval", f"{name}_features.npz"))
     assert summary["hook"] == "blocks.0.hook_resid_post"
     assert summary["mlp_hook"] == "blocks.0.hook_mlp_post"
     assert summary["eval_tokens"] == 2048 // 32 * 31
@@ -229,7 +232,7 @@ def test_report_shows_every_evaluated_sae_with_probe_columns(sae_workdir, copy_w
     with open(os.path.join(workdir, "report.md")) as f:
         text = f.read()
     section = text[text.index("## Planted concepts"):]
-    assert section.index("### `anthropic_2024`") < section.index("### `legacy`")  # default first
+    assert section.index(f"### `{summary['sae_name']}`") < section.index("### `legacy`")  # default
     header = "| probe ceiling | k=1 | k=2 | k=5 | k=1 / ceiling |"
     assert section.count(header) == 1  # the legacy table has no k columns
     row = summary["concept_table"][0]

@@ -25,15 +25,15 @@ FAST = ["--prompts", "12", "--batch-size", "8", "--f1-tokens", str(F1_TOKENS),
 
 
 def _write_best_features(workdir: str) -> None:
-    """W/eval/anthropic_2024.json with only what the experiment reads: each concept's best
+    """W/eval/<the only SAE run>.json with only what the experiment reads: each concept's best
     feature by token F1 of "feature > 0" (the experiment's own token_f1), not a monosem-eval
     run, which would cost most of these tests' time (test_labels runs it on a real corpus)."""
-    model = splice.load(workdir, "anthropic_2024")
+    model = splice.load(workdir, "")
     f1_FC = feature_search.token_f1(workdir, model, list(range(model.num_features)), F1_TOKENS)
     concepts = dataset.load_meta(os.path.join(workdir, "data"))["concepts"]
     best = {c: {"f1": float(f1_FC[:, i].max()), "feature": int(f1_FC[:, i].argmax())}
             for i, c in enumerate(concepts) if f1_FC[:, i].max() > 0}  # the eval omits absent
-    metrics_io.write_json_atomic(os.path.join(workdir, "eval", "anthropic_2024.json"),
+    metrics_io.write_json_atomic(os.path.join(workdir, "eval", f"{model.sae.name}.json"),
                                  {"concept_f1": best})
 
 

@@ -85,7 +85,7 @@ def test_keys_added_since_a_stage_ran_are_recorded_not_refused(tmp_path):
 
 def test_stage_order_and_folders():
     names = [s.name for s in pipeline.STAGES]
-    assert names == ["corpus", "lm", "acts", "sae", "eval", "browser", "report"]
+    assert names == ["corpus", "lm", "acts", "sae", "eval", "browser", "compare", "report"]
     for stage in pipeline.STAGES:
         assert set(stage.sections) <= set(json.loads(tiny.get_config().to_json()))
 
@@ -94,7 +94,8 @@ def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path):
     out = _run(tmp_path / "w")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"corpus", "lm", "acts", "sae", "eval", "browser", "report", "wall_s"}
+    assert set(summary) == {"corpus", "lm", "acts", "sae", "eval", "browser", "compare", "report",
+                            "wall_s"}
     assert summary["acts"]["rows"] > 0 and 0 <= summary["eval"]["ce_loss_recovered"] <= 1.5
     report = (tmp_path / "w" / "report.md").read_text()
     assert "## Planted concepts" in report and "![LM loss](report/lm_loss.png)" in report

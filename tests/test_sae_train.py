@@ -54,6 +54,8 @@ def store_root(tmp_path_factory):
 
 def _config(root, **overrides):
     config = sae_default.get_config("smoke")
+    config.variant = "anthropic_2024"  # the loop's tests pin the paper's SAE, not the default
+    config.k_start = 0  # and a fixed k for the k variants (the anneal has its own test)
     config.store = root
     config.d_sae = 64
     config.batch_size = 128
@@ -191,6 +193,7 @@ def _cmd(root, workdir, *extra):
         "--config.d_sae=256",
         "--config.batch_size=512",
         "--config.eval_rows=2048",
+        "--config.variant=anthropic_2024",  # the loop's tests pin the paper's SAE, not the default
         *extra,
     ]
 
@@ -312,6 +315,26 @@ def test_batchtopk_sweep_over_k_compiles_once_and_matches_single_run(store_root,
         np.testing.assert_allclose(member[key], alone[key], rtol=2e-3)
     wide = json.load(open(tmp_path / "sae" / "sweep_1" / "summary.json"))
     assert member["threshold"] > wide["threshold"] > 0 and member["l0"] < wide["l0"]
+
+
+def test_annealed_k_switches_to_a_step_compiled_for_the_final_k(store_root, tmp_path):
+    # A sweep member runs its whole schedule with the static bound max(k_start, k) = 16; alone,
+    # train_sae switches to a step compiled for k = 4 once the anneal is over (step 15): the same
+    # run, at the small k's price.
+    overrides = dict(steps=30, variant="topk", k_start=16, k_anneal_frac=0.5)
+    spec = sae_train.run_spec(_config(store_root, k=4, **overrides), str(tmp_path), D)
+    assert sae_train.k_settled_step(spec) == 15 and spec.sae_cfg.k == 16
+    config = _config(store_root, **overrides)
+    config.sweep.grid = "k=4,8"
+    config.sweep.strategy = "vmap"
+    sae_sweep.sweep(config, str(tmp_path))
+    alone = sae_train.train_sae(_config(store_root, k=4, name="alone", **overrides), str(tmp_path))
+    member = json.load(open(tmp_path / "sae" / "sweep_0" / "summary.json"))
+    for key in ("mse", "explained_variance", "l0"):
+        np.testing.assert_allclose(member[key], alone[key], rtol=2e-3)
+    assert alone["l0"] <= 4
+    no_anneal = sae_train.run_spec(_config(store_root, steps=30, variant="topk", k_start=0), "w", D)
+    assert sae_train.k_settled_step(no_anneal) is None
 
 
 def test_bad_sweep_grids_are_clear_errors():

@@ -22,7 +22,7 @@ PROMPTS = ["The fish swam in the big sea.", "Lily said, \"I am happy!\"", "Tom",
 
 @pytest.fixture(scope="module")
 def model(sae_workdir):
-    return splice.load(sae_workdir, "anthropic_2024")
+    return splice.load(sae_workdir, "")  # "": the only run
 
 
 def _direct_acts(model, prompt: str) -> np.ndarray:

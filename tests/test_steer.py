@@ -16,7 +16,7 @@ from monosem_jax.intervene import splice, steer
 
 @pytest.fixture(scope="module")
 def spliced(sae_workdir):
-    return splice.load(sae_workdir, "anthropic_2024")
+    return splice.load(sae_workdir, "")  # "": the only run
 
 
 def _tokens(model, text="Once upon a time, a little girl named Lily"):

@@ -10,7 +10,7 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.sae_name = "anthropic_2024"  # the run W/sae/<sae_name> (the pipeline's default run)
+    config.sae_name = ""  # the run W/sae/<sae_name>; "" = the pipeline's SAE
     # The prompt; it gets the EOT document separator in front, as every training document did.
     config.prompt = "Once upon a time, there was a little girl named Lily. She loved to play"
     # What is attributed: 'loss' (mean next-token CE over the prompt), 'loss:last' (CE of its

@@ -1,6 +1,6 @@
 """The static feature browser of one SAE run, written to W/browser (open W/browser/index.html).
 
-monosem-browse --workdir=W                         (after the SAE stage; run "anthropic_2024")
+monosem-browse --workdir=W                         (after the SAE stage; the pipeline's SAE)
 monosem-browse --workdir=W --config.sae_name=topk16 --config.max_features=1000
 monosem-browse --workdir=W --config=configs/browse/default.py:smoke     (seconds; for tests)
 """
@@ -10,7 +10,7 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.sae_name = "anthropic_2024"  # the run W/sae/<sae_name> (the pipeline's default run)
+    config.sae_name = ""  # the run W/sae/<sae_name>; "" = the pipeline's SAE
     config.split = "eval"  # corpus split whose contexts are read (held out from LM and SAE)
     config.max_tokens = 131072  # tokens of that split read (whole context windows; 0 = all)
     config.batch_size = 16  # contexts per LM + SAE forward pass

@@ -1,6 +1,6 @@
 """Held-out evaluation of one SAE run: reconstruction, CE recovered, neurons, planted concepts.
 
-monosem-eval --workdir=W                    (after the SAE stage; evaluates W/sae/anthropic_2024)
+monosem-eval --workdir=W                    (after the SAE stage; evaluates the pipeline's SAE)
 monosem-eval --workdir=W --config.sae_name=topk16 --config.max_tokens=131072
 monosem-eval --workdir=W --config=configs/eval/default.py:smoke         (seconds; for tests)
 """
@@ -10,7 +10,7 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.sae_name = "anthropic_2024"  # the run W/sae/<sae_name> (the pipeline's default run)
+    config.sae_name = ""  # the run W/sae/<sae_name>; "" = the pipeline's SAE
     config.split = "eval"  # corpus split whose contexts are evaluated (held out from LM and SAE)
     config.max_tokens = 65536  # tokens of that split used (whole context windows; 0 = all)
     config.batch_size = 16  # contexts per forward pass (the last batch is padded and masked)

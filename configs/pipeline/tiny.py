@@ -45,6 +45,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.sae = sae_default.get_config(arg)
     config.eval = eval_default.get_config(arg)
     config.browse = browse_default.get_config(arg)
+    # SAE variants trained and evaluated beside the default (config.sae) with its settings, for
+    # the report's side-by-side concept tables: the paper's L1 SAE is the reference. () = none.
+    config.compare_variants = ("anthropic_2024",)
 
     if arg == "smoke":
         config.corpus.num_stories = 400

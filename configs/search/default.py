@@ -11,7 +11,7 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.sae_name = "anthropic_2024"  # the run W/sae/<sae_name> whose features are searched
+    config.sae_name = ""  # the run W/sae/<sae_name>; "" = the pipeline's SAE
     # Exactly one mode: `prompt` (one prompt: per-token and overall top features), or both
     # `with_prompts` and `without_prompts` (contrastive search; each a list of prompts joined by
     # "||", search.SEPARATOR, so a single "|" may still appear inside a prompt).

@@ -11,7 +11,7 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.sae_name = "anthropic_2024"  # the run W/sae/<sae_name> whose features are clamped
+    config.sae_name = ""  # the run W/sae/<sae_name>; "" = the pipeline's SAE
     config.features = ""  # comma-separated feature ids, clamped together (required)
     # Clamp values (one dose each, all in one compiled program); negative values push the
     # feature's direction out. scale "max": multiples of each feature's maximum activation on

@@ -46,7 +46,7 @@ from monosem_jax.sae import train as sae_train
 class EvalConfig:
     """The evaluation's settings, validated (see configs/eval/default.py for each field)."""
 
-    sae_name: str
+    sae_name: str  # "" = the work dir's pipeline SAE
     split: str = "eval"
     max_tokens: int = 65536
     batch_size: int = 16
@@ -58,8 +58,6 @@ class EvalConfig:
     probe: probes.ProbeConfig = probes.ProbeConfig()
 
     def __post_init__(self):
-        if not self.sae_name:
-            raise ValueError("eval.sae_name is empty; name the run in W/sae/ to evaluate")
         if self.split not in dataset.SPLITS:
             raise ValueError(f"eval.split must be one of {dataset.SPLITS}, got {self.split!r}")
         for name in ("batch_size", "threshold_sample_tokens"):
@@ -327,7 +325,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_count() > 1:  # every process would walk the same windows: double counting
         raise ValueError("monosem-eval runs as a single process; launch it on one host")
     model_cfg, lm_params, lm_step = gpt_train.load_trained(workdir)
-    sae = sae_train.load_sae(workdir, cfg.sae_name)
+    sae = sae_train.load_sae(workdir, cfg.sae_name)  # "" = the pipeline's SAE
     data_dir = os.path.join(workdir, "data")
     split = dataset.load_split(data_dir, cfg.split)
     length = model_cfg.context_len

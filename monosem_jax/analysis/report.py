@@ -161,7 +161,7 @@ def _context_line(tok, example: dict) -> str:
 def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Writes W/report.md and W/report/*.png from the stages' outputs."""
     t_start = time.time()
-    name = config.sae_name
+    name = metrics_io.resolve_sae_name(workdir, config.sae_name)
     report_dir = os.path.join(workdir, "report")
     os.makedirs(report_dir, exist_ok=True)
     eval_path = os.path.join(workdir, "eval", f"{name}.json")

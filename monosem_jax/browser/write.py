@@ -261,7 +261,7 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ):
         logging.info("browser for %s already written; nothing to do", config.sae_name)
         return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
-    sae = sae_train.load_sae(workdir, config.sae_name)
+    sae = sae_train.load_sae(workdir, config.sae_name)  # "" = the pipeline's SAE
     model_cfg, lm_params, _ = gpt_train.load_trained(workdir)
     gpt_model.check_hooks(model_cfg, [sae.hook])
     data_dir = os.path.join(workdir, "data")
@@ -304,7 +304,7 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for i in range(num_features)
     )
     site_meta = {
-        "sae": config.sae_name,
+        "sae": sae.name,
         "hook": sae.hook,
         "tokens": stats.tokens,
         "labelled": bool(concepts),
@@ -314,7 +314,7 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if stats.f1_FC is not None and stats.f1_FC.size:
         labelled = int((stats.f1_FC.max(1) >= config.label_min_f1).sum())
     summary = {
-        "sae_name": config.sae_name,
+        "sae_name": sae.name,
         "hook": sae.hook,
         "features_written": written,
         "pages": written + 1,  # feature pages (feature.html#<id>) and the index

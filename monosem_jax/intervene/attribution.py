@@ -262,11 +262,11 @@ def scatter_plot(path: str, attribution_K: np.ndarray, ablation_K: np.ndarray, t
 # ----------------------------------------------------------------------------- the binary
 
 
-def _output_name(config: ml_collections.ConfigDict) -> str:
+def _output_name(config: ml_collections.ConfigDict, sae_name: str) -> str:
     if config.name:
         return str(config.name)
     digest = hashlib.sha1(f"{config.prompt}\0{config.target}".encode()).hexdigest()[:8]
-    return f"{config.sae_name}_{digest}"
+    return f"{sae_name}_{digest}"
 
 
 def top_rows(result: Result, top: int) -> list[dict]:
@@ -308,7 +308,7 @@ def attribute_prompt(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     out_dir = os.path.join(workdir, "attribution")
     os.makedirs(out_dir, exist_ok=True)
-    name = _output_name(config)
+    name = _output_name(config, model.sae.name)
     png = os.path.join(out_dir, f"{name}.png")
     scatter_plot(
         png, result.attribution_K, result.ablation_K,

@@ -364,9 +364,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   "ranking": contrast.to_json()}
         lines = _format_contrast(result["ranking"], config.score, len(with_), len(without))
     digest = hashlib.sha256("\n".join([context, *prompts]).encode()).hexdigest()[:8]
-    name = config.name or f"{config.sae_name}_{mode}_{digest}"
+    name = config.name or f"{model.sae.name}_{mode}_{digest}"
     path = os.path.join(workdir, "search", f"{name}.json")
-    summary = {"mode": mode, "sae_name": config.sae_name, "hook": model.hook, "context": context,
+    summary = {"mode": mode, "sae_name": model.sae.name, "hook": model.hook, "context": context,
                "top_n": int(config.top_n), "path": path, **result}
     metrics_io.write_json_atomic(path, summary)
     print("\n".join(lines), flush=True)

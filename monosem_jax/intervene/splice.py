@@ -51,7 +51,8 @@ class SplicedModel:
 
 
 def load(workdir: str, sae_name: str) -> SplicedModel:
-    """The LM of `workdir` with its SAE run `W/sae/<sae_name>` (clear errors when missing)."""
+    """The LM of `workdir` with its SAE run `W/sae/<sae_name>` ("" = the pipeline's SAE; clear
+    errors when missing)."""
     model_cfg, lm_params, _ = gpt_train.load_trained(workdir)
     sae = sae_train.load_sae(workdir, sae_name)
     tok = dataset.load_dataset_tokenizer(os.path.join(workdir, "data"))

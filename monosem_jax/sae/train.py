@@ -132,6 +132,18 @@ def compile_step(sae_cfg):
     return jax.jit(functools.partial(sae_step.train_step, cfg=sae_cfg), donate_argnums=0)
 
 
+def k_settled_step(spec: RunSpec) -> int | None:
+    """The first step from which an annealed k (k_start > k) stays at its final k, else None.
+
+    From then on the step is compiled for the final k: top_k is compiled for a static bound and
+    a larger bound (k_start) costs the whole run its price; the selected latents are the same.
+    """
+    hp = spec.hparams
+    if spec.sae_cfg.variant not in sae_model.TOPK_FAMILY or hp["k_start"] <= hp["k"]:
+        return None
+    return math.ceil(hp.get("k_anneal_frac", 0.0) * spec.steps)
+
+
 def check_finite(name: str, step: int, metrics: dict) -> None:
     loss = float(metrics["loss"])
     if not math.isfinite(loss):
@@ -167,6 +179,9 @@ def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = int(state["step"])
     writer = metrics_io.MetricsWriter(os.path.join(spec.run_dir, "metrics.jsonl"), start)
     step_fn = compile_step(spec.sae_cfg)
+    settled = k_settled_step(spec)
+    settled_step_fn = (compile_step(dataclasses.replace(spec.sae_cfg, k=int(spec.hparams["k"])))
+                       if settled is not None else step_fn)
     resample_fn = jax.jit(functools.partial(sae_step.resample_dead, cfg=spec.sae_cfg))
     progress = _Progress(spec, config.log_every, writer, start)
 
@@ -178,7 +193,8 @@ def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 key = jax.random.fold_in(jax.random.key(spec.seed), step)
                 state = resample_fn(state, x_BD, key, hp=hp)
                 logging.info("step %d: resampled dead latents", step)
-            state, metrics = step_fn(state, x_BD, hp)
+            fn = settled_step_fn if settled is not None and step >= settled else step_fn
+            state, metrics = fn(state, x_BD, hp)
             progress.dispatched(step, metrics)
             done = step + 1
             if done % config.checkpoint_every == 0 or done == spec.steps:
@@ -309,7 +325,9 @@ class TrainedSAE:
 
 
 def load_sae(workdir: str, name: str) -> TrainedSAE:
-    """Loads `W/sae/<name>` (its config and latest checkpoint) and its store's norm scale."""
+    """Loads `W/sae/<name>` (its config and latest checkpoint) and its store's norm scale;
+    name "" is the work dir's pipeline SAE (resolve_sae_name)."""
+    name = metrics_io.resolve_sae_name(workdir, name)
     run_dir = os.path.join(workdir, "sae", name)
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
