@@ -1,11 +1,12 @@
-"""Do our SAEs recover a known dictionary? Ground-truth recovery for anthropic_2024 and topk.
+"""Do our SAEs recover a known dictionary? Recovery for topk (the default) and anthropic_2024.
 
 Question: on activations built from a known dictionary (2,048 random unit directions in 256
 dimensions, 8-16 active per row with exponential magnitudes and Zipf-like firing, plus noise),
 does the project's real SAE path (StoreWriter -> activation store -> train_sae -> Orbax
 checkpoint) learn decoder directions that match the true ones? A true direction counts as
 recovered when some learned decoder row (normalised) has cosine >= 0.9 with it. Goal: a recovered
-fraction >= 0.9 for both the default anthropic_2024 SAE and the topk SAE.
+fraction >= 0.9 for both the pipeline's default SAE (topk, k annealed from a wide start, as in
+configs/sae/default.py) and the paper's anthropic_2024.
 
   python experiments/sae_ground_truth.py                  # 2,048 directions in 256-d (~10 min, CPU)
   python experiments/sae_ground_truth.py --quick          # 512 directions in 64-d (smoke check)

@@ -4,16 +4,21 @@ generations, and check the text stays fluent.
   python experiments/steering_dose_response.py --workdir W [--sae-name NAME]
       [--concepts topic_ocean,topic_space] [--multiples -4,-2,1,2,4,8,16] [--samples 8]
 
-For each topic concept (default: every topic_* concept of the corpus) the feature is the one
-with the best F1 for it in W/eval/<sae>.json (run the eval stage first). Neutral story openings
-(no topic word) are continued `samples` times each, unsteered and with the feature clamped at
-each multiple of its maximum activation on held-out tokens, every dose in one compiled program
-with the same random keys (steer.generate). The topic word rate is topic words / all words of
-the continuations; a topic's words are the words its labels mark in the training split (so a
-labelled real corpus works too). The fluency guard is the continuations' perplexity under the
-unsteered LM, over the unsteered continuations' perplexity. A topic is steered when some
-positive dose raises the rate >= 5x with a perplexity ratio <= 2. Prints a table per topic and,
-last, a JSON object with `topics_steered` and per-topic rows.
+For each topic concept (default: every topic_* concept of the corpus) the feature is, with
+--pick logit (the default), the live feature whose decoder direction, read through the LM's final
+LayerNorm gain and unembedding (its direct logit effect, as the browser shows it), most raises the
+topic's words: the largest mean z-score (over the vocabulary) of the topic words' tokens. A
+feature that *detects* a topic on the input side need not *write* it: on the default run the
+best-F1 topic features are generic noun-slot features (F1 ~0.17, one shared by three topics).
+--pick f1 takes the best-F1 feature of W/eval/<sae>.json instead (run the eval stage first).
+Neutral story openings (no topic word) are continued `samples` times each, unsteered and with
+the feature clamped at each multiple of its maximum activation on held-out tokens, every dose in
+one compiled program with the same random keys (steer.generate). The topic word rate is topic
+words / all words of the continuations; a topic's words are the words its labels mark in the
+training split (so a labelled real corpus works too). The fluency guard is the continuations'
+perplexity under the unsteered LM, over the unsteered continuations' perplexity. A topic is
+steered when some positive dose raises the rate >= 5x with a perplexity ratio <= 2. Prints a
+table per topic and, last, a JSON object with `topics_steered` and per-topic rows.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from monosem_jax import metrics_io  # noqa: E402
+from monosem_jax.analysis import interpret  # noqa: E402
 from monosem_jax.corpus import dataset  # noqa: E402
 from monosem_jax.intervene import splice, steer  # noqa: E402
 
@@ -58,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-new", type=int, default=40, help="tokens per continuation")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pick", choices=["logit", "f1"], default="logit",
+                   help="how each topic's feature is chosen (see above)")
     p.add_argument("--goal-ratio", type=float, default=5.0)
     p.add_argument("--max-ppl-ratio", type=float, default=2.0)
     return p.parse_args(argv)
@@ -132,6 +140,33 @@ def plot(path: str, multiples, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def topic_writers(model, workdir: str, sae_name: str, vocab: dict[str, frozenset[str]],
+                  concepts: list[str]) -> dict[str, dict]:
+    """Per concept, the live feature whose direct logit effect most favours the concept's words:
+    argmax over features of the mean z-score of the words' tokens (each word's tokens after a
+    space; a word of several tokens counts by its first)."""
+    w_u_DV = interpret.unembedding(model.model_cfg, model.lm_params)
+    scale = model.lm_params["ln_final"].get("scale")
+    u_FD = np.asarray(model.sae.params["w_dec_FD"], np.float32)
+    u_FD = u_FD / np.maximum(np.linalg.norm(u_FD, axis=1, keepdims=True), 1e-12)
+    u_FD = u_FD - u_FD.mean(axis=1, keepdims=True)  # the final LayerNorm's centring
+    if scale is not None:
+        u_FD = u_FD * np.asarray(scale, np.float32)[None]
+    e_FV = u_FD @ w_u_DV[:, : model.tok.get_vocab_size()]
+    z_FV = (e_FV - e_FV.mean(axis=1, keepdims=True)) / (e_FV.std(axis=1, keepdims=True) + 1e-9)
+    density_F = np.load(os.path.join(workdir, "eval", f"{sae_name}_features.npz"))["density_F"]
+    z_FV[density_F <= 0] = -np.inf  # a feature that never fires has no activation to clamp
+    picks = {}
+    for c in concepts:
+        ids = sorted({model.tok.encode(" " + w).ids[0] for w in vocab[c]})
+        if not ids:
+            continue
+        score_F = z_FV[:, ids].mean(axis=1)
+        f = int(np.argmax(score_F))
+        picks[c] = {"feature": f, "logit_z": float(score_F[f]), "tokens": len(ids)}
+    return picks
+
+
 def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], multiples):
     prompts = [p for p in NEUTRAL_PROMPTS if not set(WORD.findall(p.lower())) & vocab]
     ids_K = np.array([best["feature"]], np.int32)
@@ -146,7 +181,9 @@ def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], mu
     base, _, base_words = topic_rate(flat(result["baseline"]), vocab)
     floor = max(base, 1 / max(base_words, 1))  # one topic word: no infinite ratio
     rates, examples = {}, {}
-    print(f"{concept}: feature {best['feature']} (F1 {best['f1']:.3f}, max act {max_act:.3f})")
+    why = (f"F1 {best['f1']:.3f}" if "f1" in best
+           else f"logit z {best['logit_z']:.2f} over {best['tokens']} topic tokens")
+    print(f"{concept}: feature {best['feature']} ({why}, max act {max_act:.3f})")
     print(f"{'clamp':>8} {'rate':>8} {'x base':>7} {'ppl':>7}  example")
     print(f"{'none':>8} {base:8.4f} {1:7.2f} {ppl_V[0]:7.2f}  {result['baseline'][0][0][:60]!r}")
     for v, (m, rows) in enumerate(zip(multiples, result["steered"], strict=True)):
@@ -160,7 +197,8 @@ def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], mu
     best_ratio, best_multiple = max(fluent) if fluent else (0.0, None)
     negative = [rates[str(m)] / floor for m in multiples if m < 0]
     return {
-        "concept": concept, "feature": best["feature"], "feature_f1": best["f1"],
+        "concept": concept, "feature": best["feature"], "feature_f1": best.get("f1"),
+        "feature_logit_z": best.get("logit_z"),
         "max_activation": max_act, "base_rate": base, "base_ppl": float(ppl_V[0]),
         "rates": rates, "ppl_ratio": ppl_ratio,
         "fluent_steered_over_base": best_ratio, "best_fluent_multiple": best_multiple,
@@ -190,20 +228,23 @@ def main(argv=None) -> dict:
     vocab = labelled_vocabulary(args.workdir, concepts)
     multiples = [float(m) for m in args.multiples.split(",")]
     model = splice.load(args.workdir, sae_name)
-    rows = [steer_topic(model, args, c, concept_f1[c], vocab[c], multiples) for c in wanted]
+    picks = (topic_writers(model, args.workdir, sae_name, vocab, wanted) if args.pick == "logit"
+             else concept_f1)
+    rows = [steer_topic(model, args, c, picks[c], vocab[c], multiples) for c in wanted
+            if c in picks]
     out_dir = os.path.join(args.workdir, "steer")
     os.makedirs(out_dir, exist_ok=True)
-    png = os.path.join(out_dir, f"dose_response_{sae_name}.png")
+    png = os.path.join(out_dir, f"dose_response_{sae_name}_{args.pick}.png")
     plot(png, multiples, rows)
     summary = {
-        "sae_name": sae_name,
+        "sae_name": sae_name, "pick": args.pick,
         "topics_steered": sum(r["steered"] for r in rows),
         "topics": len(rows),
         "rows": rows,
         "samples": args.samples, "num_new": args.num_new,
         "wall_s": round(time.time() - t0, 1), "png": png,
     }
-    with open(os.path.join(out_dir, f"dose_response_{sae_name}.json"), "w") as f:
+    with open(os.path.join(out_dir, f"dose_response_{sae_name}_{args.pick}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary), flush=True)
     return summary

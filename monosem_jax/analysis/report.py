@@ -147,6 +147,13 @@ def concept_table_lines(eval_json: dict) -> list[str]:
     return lines + [""]
 
 
+def loss_by_position_line(loss_by_position: dict[str, float]) -> str:
+    """'Loss by window position: 0-4: 1.75, 4-16: 0.98, ...' in position order (a summary's
+    keys come back sorted as text: '16-32' before '4-16')."""
+    buckets = sorted(loss_by_position.items(), key=lambda kv: int(kv[0].split("-")[0]))
+    return "Loss by window position: " + ", ".join(f"{k}: {v:.2f}" for k, v in buckets) + "."
+
+
 def _context_line(tok, example: dict) -> str:
     """A top context as Markdown: the token at the focus in bold, the rest escaped text."""
     pieces = [tok.decode([int(t)]) for t in example["tokens"]]
@@ -189,8 +196,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "",
         ]
     if lm.get("loss_by_position"):
-        by_pos = ", ".join(f"{k}: {v:.2f}" for k, v in lm["loss_by_position"].items())
-        lines += [f"Loss by window position: {by_pos}.", ""]
+        lines += [loss_by_position_line(lm["loss_by_position"]), ""]
     if _plot_curves(
         os.path.join(report_dir, "lm_loss.png"),
         {"train loss": _points(lm_rows, "loss"), "eval loss": _points(lm_rows, "eval_loss")},
