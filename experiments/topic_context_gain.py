@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from monosem_jax.corpus import dataset
+from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import context_probe, data
-from monosem_jax.gpt import train as gpt_train
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--eval-tokens", type=int, default=65536)
     args = parser.parse_args()
     t0 = time.time()
-    model_cfg, params, step = gpt_train.load_trained(args.workdir)
+    model_cfg, params, step = gpt_artifact.load_trained(args.workdir)
     data_dir = os.path.join(args.workdir, "data")
     split = dataset.load_split(data_dir, "eval")
     concepts = dataset.load_meta(data_dir).get("concepts") or []

@@ -46,6 +46,20 @@ class Checkpointer:
         )
         return restored["state"], restored["meta"]
 
+    def restore_part(self, abstract_part, step: int):
+        """The entries of `abstract_part` (a sub-tree of the saved state, e.g. {"params": ...})
+        from `step`, without the rest (an optimiser state the reader cannot build)."""
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    abstract_part, restore_args=restore_args, partial_restore=True
+                )
+            ),
+        )
+        return restored["state"]
+
     def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
         """Starts an async save when `step` is on the interval (or `force`); True if it did."""
         return self._manager.save(

@@ -14,8 +14,8 @@ import pytest
 from configs.capture import default as capture_default
 from monosem_jax.activations import capture, store
 from monosem_jax.corpus import dataset
+from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
 
 HOOKS = "blocks.0.hook_resid_post,blocks.1.hook_mlp_post"
 
@@ -29,7 +29,7 @@ def _config(**overrides):
 
 def _recompute(workdir, hook, doc_R, position_R):
     """Activations recomputed from (document, position) alone, via the context windows."""
-    model_cfg, params, _ = gpt_train.load_trained(workdir)
+    model_cfg, params, _ = gpt_artifact.load_trained(workdir)
     split = dataset.load_split(os.path.join(workdir, "data"), "train")
     length = model_cfg.context_len
     index_R = split.doc_starts_D[doc_R] - 1 + position_R

@@ -13,8 +13,8 @@ from configs.eval import default as eval_default
 from monosem_jax import metrics_io
 from monosem_jax.analysis import evaluate, features
 from monosem_jax.analysis import metrics as m
+from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
 from monosem_jax.sae import model as sae_model
 
 
@@ -120,7 +120,7 @@ def _identity_sae(d: int):
 
 
 def test_exact_splice_recovers_all_and_zero_ablation_hurts(smoke_lm_workdir):
-    model_cfg, lm_params, _ = gpt_train.load_trained(smoke_lm_workdir)  # trained: sharp logits
+    model_cfg, lm_params, _ = gpt_artifact.load_trained(smoke_lm_workdir)  # trained: sharp logits
     tokens_BL = features.windows(smoke_lm_workdir, "eval", model_cfg.context_len)[:8]
     d, d_mlp = model_cfg.d_model, model_cfg.d_mlp
     sae_cfg, sae_params = _identity_sae(d)

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from configs.sae import default as sae_default
 from monosem_jax import checkpoint
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store
+from monosem_jax.sae import artifact as sae_artifact
 from monosem_jax.sae import model as sae_model
 from monosem_jax.sae import step as sae_step
 from monosem_jax.sae import sweep as sae_sweep
@@ -110,7 +112,7 @@ def test_matryoshka_prefixes_are_recorded_and_reloaded(store_root, tmp_path):
     row = json.loads(open(run_dir / "metrics.jsonl").readline())
     assert {"mse_prefix0", "mse_prefix1"} <= set(row) and "mse_prefix2" not in row
     assert row["mse_prefix0"] > row["mse_prefix1"] > row["mse"]
-    loaded = sae_train.load_sae(str(tmp_path), "matryoshka")
+    loaded = sae_artifact.load_sae(str(tmp_path), "matryoshka")
     assert loaded.sae_cfg.prefixes == (8, 32, 64)  # a tuple again (hashable: a static jit arg)
 
 
@@ -131,7 +133,7 @@ def test_batchtopk_threshold_calibrates_inference_and_reloads(store_root, tmp_pa
     assert summary["threshold"] == pytest.approx(thetas[-1], rel=1e-6)
     # Inference: the θ rule alone gives about k per row, held out and on a training batch.
     assert abs(summary["l0"] - k) < 0.25 * k, summary["l0"]
-    loaded = sae_train.load_sae(str(tmp_path), variant)
+    loaded = sae_artifact.load_sae(str(tmp_path), variant)
     assert loaded.sae_cfg.variant == variant and loaded.step == steps
     assert float(loaded.params["threshold"]) == pytest.approx(summary["threshold"], rel=1e-6)
     st = store.open_store(store.kvstore_for(store_root), HOOK)
@@ -142,15 +144,41 @@ def test_batchtopk_threshold_calibrates_inference_and_reloads(store_root, tmp_pa
     reader.close()
     f_BF = np.asarray(sae_model.encode(loaded.sae_cfg, loaded.params, x_BD, loaded.hparams))
     assert abs(np.mean(np.sum(f_BF > 0, axis=1)) - k) < 0.25 * k
-    # The analysis path (features.feature_acts, in hook units) encodes with θ, row by row.
-    from monosem_jax.analysis import features
+    # The analysis path (artifact.feature_acts, in hook units) encodes with θ, row by row.
 
     hook_1ND = x_BD[None] / loaded.norm_scale
-    acts_NF = np.asarray(features.feature_acts(loaded, hook_1ND))[0]
+    acts_NF = np.asarray(sae_artifact.feature_acts(loaded, hook_1ND))[0]
     want_NF = f_BF * np.asarray(sae_model.decoder_norms(loaded.params))[None]
     np.testing.assert_allclose(acts_NF, want_NF, rtol=1e-4, atol=1e-5)
-    alone = np.asarray(features.feature_acts(loaded, hook_1ND[:, 3:4]))[0, 0]
+    alone = np.asarray(sae_artifact.feature_acts(loaded, hook_1ND[:, 3:4]))[0, 0]
     np.testing.assert_allclose(alone, acts_NF[3], rtol=1e-4, atol=1e-5)
+
+
+def test_an_sae_folder_copied_alone_loads_and_encodes_without_its_store(store_root, tmp_path):
+    acts = str(tmp_path / "acts")
+    shutil.copytree(store_root, acts)
+    workdir = tmp_path / "w"
+    sae_train.train_sae(_config(acts, steps=20, variant="topk", k=4), str(workdir))
+    in_place = sae_artifact.load_sae(str(workdir), "topk")
+    moved = tmp_path / "elsewhere" / "my_sae"
+    shutil.copytree(workdir / "sae" / "topk", moved)
+    # A run recorded before config.json held norm_scale and hook reads them from its store.
+    config_path = workdir / "sae" / "topk" / "config.json"
+    legacy = {k: v for k, v in json.loads(config_path.read_text()).items()
+              if k not in ("norm_scale", "hook")}
+    config_path.write_text(json.dumps(legacy))
+    assert sae_artifact.load_sae(str(workdir), "topk").norm_scale == in_place.norm_scale
+    shutil.rmtree(acts)  # the store and the work dir are gone: the folder is all there is
+    shutil.rmtree(workdir)
+    sae = sae_artifact.load_run(str(moved))
+    assert (sae.name, sae.hook, sae.step) == ("my_sae", HOOK, 20)
+    assert sae.norm_scale == in_place.norm_scale > 0
+    x_1ND = np.random.default_rng(1).standard_normal((1, 6, D)).astype(np.float32)
+    acts_NF = np.asarray(sae_artifact.feature_acts(sae, x_1ND))[0]
+    in_place_NF = np.asarray(sae_artifact.feature_acts(in_place, x_1ND))[0]
+    np.testing.assert_array_equal(acts_NF, in_place_NF)
+    assert acts_NF.shape == (6, 64) and ((acts_NF > 0).sum(axis=1) <= 4).all()
+    assert np.isfinite(np.asarray(sae_artifact.reconstruct(sae, x_1ND))).all()
 
 
 def test_held_out_rows_are_never_trained_on(store_root):

@@ -64,9 +64,9 @@ def test_clamp_to_own_activation_reproduces_clean_logits(spliced):
 
 
 def _reconstruct(sae, x_BLD):
-    from monosem_jax.analysis import features
+    from monosem_jax.sae import artifact as sae_artifact
 
-    return features.reconstruct(sae, x_BLD)
+    return sae_artifact.reconstruct(sae, x_BLD)
 
 
 def test_clamp_matches_float64_formula(spliced):

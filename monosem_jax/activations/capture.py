@@ -31,8 +31,8 @@ from absl import logging
 from monosem_jax import metrics_io
 from monosem_jax.activations import store as store_lib
 from monosem_jax.corpus import dataset, tokenizer
+from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the capture stage (a no-op when every hook's store is complete)."""
     t_start = time.time()
     cfg = capture_config_from(config)
-    model_cfg, params, lm_step = gpt_train.load_trained(workdir)
+    model_cfg, params, lm_step = gpt_artifact.load_trained(workdir)
     gpt_model.check_hooks(model_cfg, cfg.hooks)
     root = store_root(cfg, workdir)
     summaries_dir = os.path.join(workdir, "acts")

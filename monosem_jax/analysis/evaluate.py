@@ -36,10 +36,10 @@ from monosem_jax import metrics_io, parallel
 from monosem_jax.analysis import features, probes
 from monosem_jax.analysis import metrics as m
 from monosem_jax.corpus import dataset
+from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
+from monosem_jax.sae import artifact as sae_artifact
 from monosem_jax.sae import model as sae_model
-from monosem_jax.sae import train as sae_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +206,7 @@ def _hook_rows(lm_params, tokens_BL, valid_B, st: EvalStatic):
     return x_BLD.reshape(-1, x_BLD.shape[-1]), mask_BL.reshape(-1)
 
 
-_reported_acts = jax.jit(features.feature_acts)
+_reported_acts = jax.jit(sae_artifact.feature_acts)
 
 
 def _probe_concepts(lm_params, sae, windows_WL, labels_WL, concepts, cfg: EvalConfig, st, mesh,
@@ -324,8 +324,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cfg = eval_config_from(config)
     if jax.process_count() > 1:  # every process would walk the same windows: double counting
         raise ValueError("monosem-eval runs as a single process; launch it on one host")
-    model_cfg, lm_params, lm_step = gpt_train.load_trained(workdir)
-    sae = sae_train.load_sae(workdir, cfg.sae_name)  # "" = the pipeline's SAE
+    model_cfg, lm_params, lm_step = gpt_artifact.load_trained(workdir)
+    sae = sae_artifact.load_sae(workdir, cfg.sae_name)  # "" = the pipeline's SAE
     data_dir = os.path.join(workdir, "data")
     split = dataset.load_split(data_dir, cfg.split)
     length = model_cfg.context_len

@@ -13,13 +13,12 @@ import os
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.sae import model as sae_model
-from monosem_jax.sae.train import TrainedSAE
+from monosem_jax.sae import artifact as sae_artifact
+from monosem_jax.sae.artifact import TrainedSAE
 
 
 def windows(workdir: str, split: str, length: int, max_tokens: int = 0) -> np.ndarray:
@@ -31,26 +30,11 @@ def windows(workdir: str, split: str, length: int, max_tokens: int = 0) -> np.nd
     return np.asarray(tokens_N[: count * length], np.int32).reshape(count, length)
 
 
-def reconstruct(sae: TrainedSAE, x_BLD: jax.Array) -> jax.Array:
-    """The SAE's reconstruction of hook activations, in the hook's own units."""
-    x_ND = x_BLD.reshape(-1, x_BLD.shape[-1]).astype(jnp.float32) * sae.norm_scale
-    f_NF = sae_model.encode(sae.sae_cfg, sae.params, x_ND, sae.hparams)
-    xhat_ND = sae_model.decode(sae.params, f_NF) / sae.norm_scale
-    return xhat_ND.reshape(x_BLD.shape).astype(x_BLD.dtype)
-
-
-def feature_acts(sae: TrainedSAE, x_BLD: jax.Array) -> jax.Array:
-    """Reported feature activations [B, L, F] of hook activations."""
-    x_ND = x_BLD.reshape(-1, x_BLD.shape[-1]).astype(jnp.float32) * sae.norm_scale
-    f_NF = sae_model.feature_acts(sae.sae_cfg, sae.params, x_ND, sae.hparams)
-    return f_NF.reshape(*x_BLD.shape[:-1], -1)
-
-
 @functools.partial(jax.jit, static_argnames="model_cfg")
 def _acts_and_features(lm_params, sae: TrainedSAE, tokens_BL, model_cfg):
     _, captured = gpt_model.forward(model_cfg, lm_params, tokens_BL, capture=[sae.hook])
     x_BLD = captured[sae.hook]
-    return x_BLD, feature_acts(sae, x_BLD)
+    return x_BLD, sae_artifact.feature_acts(sae, x_BLD)
 
 
 def iterate_features(

@@ -22,7 +22,7 @@ import numpy as np
 
 from monosem_jax.analysis import features as features_lib
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.sae.train import TrainedSAE
+from monosem_jax.sae.artifact import TrainedSAE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,9 +29,9 @@ from monosem_jax import metrics_io
 from monosem_jax.analysis import features as features_lib
 from monosem_jax.analysis import interpret as interp
 from monosem_jax.corpus import dataset, tokenizer
+from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
-from monosem_jax.sae import train as sae_train
+from monosem_jax.sae import artifact as sae_artifact
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 STATIC_FILES = ("index.html", "feature.html", "browser.css", "index.js", "feature.js")
@@ -261,8 +261,8 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ):
         logging.info("browser for %s already written; nothing to do", config.sae_name)
         return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
-    sae = sae_train.load_sae(workdir, config.sae_name)  # "" = the pipeline's SAE
-    model_cfg, lm_params, _ = gpt_train.load_trained(workdir)
+    sae = sae_artifact.load_sae(workdir, config.sae_name)  # "" = the pipeline's SAE
+    model_cfg, lm_params, _ = gpt_artifact.load_trained(workdir)
     gpt_model.check_hooks(model_cfg, [sae.hook])
     data_dir = os.path.join(workdir, "data")
     length = model_cfg.context_len

@@ -183,31 +183,6 @@ def write_samples(path, tok, params, model_cfg, cfg: TrainConfig) -> list[str]:
     return texts
 
 
-def load_trained(workdir: str) -> tuple[gpt_model.GPTConfig, dict, int]:
-    """(model config, params, step) of the LM trained in `workdir` (its latest checkpoint)."""
-    lm_dir = os.path.join(workdir, "lm")
-    model_path = os.path.join(lm_dir, "model.json")
-    ckpt_dir = os.path.join(lm_dir, "checkpoints")
-    if not os.path.exists(model_path) or not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(
-            f"no trained LM in {lm_dir}; run monosem-train-lm (or monosem-pipeline) first"
-        )
-    model_cfg = gpt_model.GPTConfig(**metrics_io.read_json(model_path))
-    ckpt = checkpoint.Checkpointer(ckpt_dir, save_every=1)
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no LM checkpoint in {ckpt_dir}; run the LM stage first")
-    # The optimiser state's structure does not depend on hyper-parameters: defaults will do.
-    # Restore replicated onto this process's devices, whatever topology saved it.
-    abstract = checkpoint.with_sharding(
-        jax.eval_shape(lambda: init_state(model_cfg, TrainConfig())),
-        parallel.replicated(parallel.make_mesh()),
-    )
-    state, _ = ckpt.restore(abstract, step)
-    ckpt.close()
-    return model_cfg, state["params"], step
-
-
 def _check_finite(step: int, metrics: dict) -> None:
     for name in ("loss", "grad_norm"):
         if not math.isfinite(float(metrics[name])):

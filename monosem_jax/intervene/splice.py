@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from monosem_jax.analysis import features
 from monosem_jax.corpus import dataset, tokenizer
+from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
-from monosem_jax.sae import train as sae_train
+from monosem_jax.sae import artifact as sae_artifact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +36,7 @@ class SplicedModel:
 
     model_cfg: gpt_model.GPTConfig
     lm_params: dict
-    sae: sae_train.TrainedSAE
+    sae: sae_artifact.TrainedSAE
     tok: tokenizers.Tokenizer
     eot: int  # the document separator every prompt starts with, as in training
 
@@ -53,8 +52,8 @@ class SplicedModel:
 def load(workdir: str, sae_name: str) -> SplicedModel:
     """The LM of `workdir` with its SAE run `W/sae/<sae_name>` ("" = the pipeline's SAE; clear
     errors when missing)."""
-    model_cfg, lm_params, _ = gpt_train.load_trained(workdir)
-    sae = sae_train.load_sae(workdir, sae_name)
+    model_cfg, lm_params, _ = gpt_artifact.load_trained(workdir)
+    sae = sae_artifact.load_sae(workdir, sae_name)
     tok = dataset.load_dataset_tokenizer(os.path.join(workdir, "data"))
     return SplicedModel(model_cfg, lm_params, sae, tok, tokenizer.eot_id(tok))
 
@@ -121,10 +120,10 @@ def parse_floats(text: str, what: str) -> np.ndarray:
 
 
 # Reported feature activations a [B, L, F] of hook activations x (the eval's and browser's).
-feature_acts = features.feature_acts
+feature_acts = sae_artifact.feature_acts
 
 
-def directions(sae: sae_train.TrainedSAE, ids_K: jax.Array) -> jax.Array:
+def directions(sae: sae_artifact.TrainedSAE, ids_K: jax.Array) -> jax.Array:
     """d_k [K, D]: feature k's contribution to the reconstruction per unit of reported
     activation, in hook units."""
     w_KD = sae.params["w_dec_FD"][ids_K]
@@ -133,7 +132,7 @@ def directions(sae: sae_train.TrainedSAE, ids_K: jax.Array) -> jax.Array:
 
 
 def clamp(
-    sae: sae_train.TrainedSAE,
+    sae: sae_artifact.TrainedSAE,
     x_BLD: jax.Array,
     ids_K: jax.Array,
     values_K: jax.Array,

@@ -165,7 +165,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, wrap_step=None) ->
     rows = []
     for i, spec in enumerate(specs):
         member = jax.tree.map(lambda a, i=i: a[i], states)
-        sae_train._record_config(spec, config)
+        sae_train.record_config(spec, config, st.norm_scale)
         member_ckpt = checkpoint.Checkpointer(
             os.path.join(spec.run_dir, "checkpoints"), save_every=config.checkpoint_every
         )

@@ -19,9 +19,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import checkpoint, metrics_io, parallel
+from monosem_jax import checkpoint, metrics_io
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store as store_lib
+from monosem_jax.sae import artifact
 from monosem_jax.sae import metrics as sae_metrics
 from monosem_jax.sae import model as sae_model
 from monosem_jax.sae import step as sae_step
@@ -58,10 +59,7 @@ class RunSpec:
 
 
 def open_training_store(config: ml_collections.ConfigDict, workdir: str) -> store_lib.Store:
-    root = config.store or os.path.join(workdir, "acts")
-    if isinstance(root, str) and root.lstrip().startswith("{"):
-        root = json.loads(root)
-    return store_lib.open_store(store_lib.kvstore_for(root), config.hook)
+    return artifact.training_store(config, workdir)
 
 
 def sae_config_from(config: ml_collections.ConfigDict, d: int, k: int | None = None):
@@ -106,7 +104,8 @@ def run_spec(config, workdir: str, d: int, name: str | None = None, **overrides)
     resample = tuple(int(s) for s in str(config.resample_steps).split(",") if s.strip())
     hp = hparams_from(config, **{k: v for k, v in overrides.items() if k != "seed"})
     sae_cfg = sae_config_from(config, d, k=max(hp["k"], hp["k_start"]))
-    sae_step.validate_hparams(sae_cfg, sae_step.default_hparams(sae_cfg, **_typed(hp)))
+    typed = artifact.typed_hparams(hp)
+    sae_step.validate_hparams(sae_cfg, sae_step.default_hparams(sae_cfg, **typed))
     name = name or config.name or config.variant
     return RunSpec(
         name=name,
@@ -120,12 +119,8 @@ def run_spec(config, workdir: str, d: int, name: str | None = None, **overrides)
     )
 
 
-def _typed(hp: dict) -> dict:
-    return {k: v for k, v in hp.items() if k in sae_step.HPARAM_KEYS}
-
-
 def device_hparams(spec: RunSpec) -> dict:
-    return sae_step.default_hparams(spec.sae_cfg, **_typed(spec.hparams))
+    return sae_step.default_hparams(spec.sae_cfg, **artifact.typed_hparams(spec.hparams))
 
 
 def compile_step(sae_cfg):
@@ -162,7 +157,7 @@ def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if os.path.exists(summary_path):
         logging.info("SAE run %s already finished; nothing to do", spec.name)
         return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
-    _record_config(spec, config)
+    record_config(spec, config, st.norm_scale)
     data_seed = config.data_seed if config.data_seed >= 0 else spec.seed
     reader = reader_lib.ActivationReader(st, _reader_config(config, data_seed))
     eval_ND = reader.eval_rows_array()
@@ -232,13 +227,17 @@ def finish_run(spec: RunSpec, params, hp, eval_ND, train_stats: dict, t_start: f
     return metrics_io.finish_summary(os.path.join(spec.run_dir, "summary.json"), summary)
 
 
-def _record_config(spec: RunSpec, config) -> None:
+def record_config(spec: RunSpec, config, norm_scale: float) -> None:
+    """Writes the run's config.json: what trained it, and all that using it needs (the SAE's
+    shape, final hyper-parameters, hook and the store's norm_scale: sae/artifact.py)."""
     path = os.path.join(spec.run_dir, "config.json")
     wanted = {
         "sae": json.loads(config.to_json()),
         "sae_config": dataclasses.asdict(spec.sae_cfg),
         "hparams": spec.hparams,
         "seed": spec.seed,
+        "hook": config.hook,
+        "norm_scale": float(norm_scale),
     }
     wanted["sae"].pop("sweep", None)
     if os.path.exists(path):
@@ -300,67 +299,3 @@ class _Progress:
             "tokens_per_s": rate * self.spec.batch_size,
             "train_loss": float(self.last.get("loss", float("nan"))),
         }
-
-
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["params", "hparams"],
-    meta_fields=["name", "sae_cfg", "hook", "norm_scale", "step"],
-)
-@dataclasses.dataclass(frozen=True)
-class TrainedSAE:
-    """A finished SAE run, ready for analysis.
-
-    A pytree: its arrays (params, hparams) are the leaves and the rest is static, so a jitted
-    function takes the whole run as one argument.
-    """
-
-    name: str
-    sae_cfg: sae_model.SAEConfig
-    params: dict
-    hparams: dict  # device hyper-parameters at the end of the schedule (e.g. the final k)
-    hook: str
-    norm_scale: float  # SAE inputs are hook activations x norm_scale (E||x|| = sqrt(d))
-    step: int
-
-
-def load_sae(workdir: str, name: str) -> TrainedSAE:
-    """Loads `W/sae/<name>` (its config and latest checkpoint) and its store's norm scale;
-    name "" is the work dir's pipeline SAE (resolve_sae_name)."""
-    name = metrics_io.resolve_sae_name(workdir, name)
-    run_dir = os.path.join(workdir, "sae", name)
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(config_path):
-        runs = (
-            sorted(os.listdir(os.path.join(workdir, "sae")))
-            if os.path.isdir(os.path.join(workdir, "sae"))
-            else []
-        )
-        raise FileNotFoundError(
-            f"no SAE run '{name}' in {workdir}/sae (found: {', '.join(runs) or 'none'}); "
-            "train one with monosem-train-sae"
-        )
-    recorded = metrics_io.read_json(config_path)
-    sae_cfg = sae_model.SAEConfig(**recorded["sae_config"])
-    ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=1)
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"SAE run {run_dir} has no checkpoint; train it first")
-    abstract = jax.eval_shape(lambda: sae_step.init_state(sae_cfg, jax.random.key(0)))
-    # Replicated over this process's mesh, like the LM from gpt.train.load_trained.
-    state, _ = ckpt.restore(
-        checkpoint.with_sharding(abstract, parallel.replicated(parallel.make_mesh())), step
-    )
-    ckpt.close()
-    hp = sae_step.default_hparams(sae_cfg, **_typed(recorded["hparams"]))
-    config = recorded["sae"]
-    st = open_training_store(ml_collections.ConfigDict(config), workdir)
-    return TrainedSAE(
-        name=name,
-        sae_cfg=sae_cfg,
-        params=state["params"],
-        hparams=sae_step.scheduled(hp, int(recorded["hparams"]["total_steps"])),
-        hook=config["hook"],
-        norm_scale=st.norm_scale,
-        step=step,
-    )
