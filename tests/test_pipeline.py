@@ -118,3 +118,15 @@ def test_report_lists_loss_by_position_in_position_order():
 
     line = report.loss_by_position_line({"0-4": 1.75, "16-32": 0.87, "4-16": 0.98, "96-128": 0.8})
     assert line == "Loss by window position: 0-4: 1.75, 4-16: 0.98, 16-32: 0.87, 96-128: 0.80."
+
+
+def test_public_api_resolves_lazily():
+    import monosem_jax
+    from monosem_jax import pipeline
+    from monosem_jax.sae import artifact
+
+    assert monosem_jax.run_pipeline is pipeline.run_pipeline
+    assert monosem_jax.load_sae_run is artifact.load_run
+    assert all(callable(getattr(monosem_jax, name)) for name in monosem_jax.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        monosem_jax.nope  # noqa: B018

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
+import monosem_jax
 from configs.sae import default as sae_default
 from monosem_jax import checkpoint
 from monosem_jax.activations import reader as reader_lib
@@ -170,15 +171,15 @@ def test_an_sae_folder_copied_alone_loads_and_encodes_without_its_store(store_ro
     assert sae_artifact.load_sae(str(workdir), "topk").norm_scale == in_place.norm_scale
     shutil.rmtree(acts)  # the store and the work dir are gone: the folder is all there is
     shutil.rmtree(workdir)
-    sae = sae_artifact.load_run(str(moved))
+    sae = monosem_jax.load_sae_run(str(moved))  # the public API
     assert (sae.name, sae.hook, sae.step) == ("my_sae", HOOK, 20)
     assert sae.norm_scale == in_place.norm_scale > 0
     x_1ND = np.random.default_rng(1).standard_normal((1, 6, D)).astype(np.float32)
-    acts_NF = np.asarray(sae_artifact.feature_acts(sae, x_1ND))[0]
+    acts_NF = np.asarray(monosem_jax.feature_acts(sae, x_1ND))[0]
     in_place_NF = np.asarray(sae_artifact.feature_acts(in_place, x_1ND))[0]
     np.testing.assert_array_equal(acts_NF, in_place_NF)
     assert acts_NF.shape == (6, 64) and ((acts_NF > 0).sum(axis=1) <= 4).all()
-    assert np.isfinite(np.asarray(sae_artifact.reconstruct(sae, x_1ND))).all()
+    assert np.isfinite(np.asarray(monosem_jax.reconstruct(sae, x_1ND))).all()
 
 
 def test_held_out_rows_are_never_trained_on(store_root):
