@@ -9,7 +9,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import configs
-from monosem_jax.activations.store import StoreError
+from monosem_jax.errors import StoreError
 
 # Errors a user can fix (bad config value, bad input file, NaN loss): one line, exit code 2.
 # MONOSEM_DEBUG=1 shows the traceback instead.

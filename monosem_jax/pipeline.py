@@ -20,9 +20,9 @@ from collections.abc import Callable
 import ml_collections
 from absl import logging
 
-from monosem_jax import cli, metrics_io
+from monosem_jax import cli, metrics_io, report
 from monosem_jax.activations import capture
-from monosem_jax.analysis import evaluate, report
+from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import prepare
 from monosem_jax.gpt import train as gpt_train

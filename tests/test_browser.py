@@ -71,6 +71,8 @@ def test_browse_writes_summary_and_lazy_pages(site):
     with open(os.path.join(out_dir, "summary.json")) as f:
         assert json.load(f) == summary
     assert len(os.listdir(os.path.join(out_dir, "data"))) == 128
+    assert write.read_index(out_dir) == _index(out_dir)  # the reader the report uses
+    assert write.read_index(os.path.join(workdir, "nowhere")) is None
     index = _index(out_dir)
     assert len(index["rows"]) == 128 and index["columns"] == list(write.INDEX_COLUMNS)
     assert index["labelled"]  # the generated corpus has concept labels
@@ -273,7 +275,7 @@ def test_corpus_markup_shows_as_text_and_never_runs(driver, tmp_path):
 
 def test_report_examples_come_from_the_index_without_concepts(site):
     """On real text (no concept table) the report's examples are the densest live features."""
-    from monosem_jax.analysis import report
+    from monosem_jax import report
 
     workdir, _ = site
     out_dir = os.path.join(workdir, "browser")
@@ -281,6 +283,6 @@ def test_report_examples_come_from_the_index_without_concepts(site):
     index = _index(out_dir)
     column = {name: i for i, name in enumerate(index["columns"])}
     live = [r for r in index["rows"]
-            if report.read_feature_record(out_dir, r[column["id"]]).get("top")]
+            if write.read_feature_record(out_dir, r[column["id"]]).get("top")]
     densest = sorted(live, key=lambda r: -r[column["density"]])[:3]
     assert [c["id"] for c in chosen] == [r[column["id"]] for r in densest]

@@ -215,7 +215,7 @@ def test_unlabelled_corpus_and_missing_run(sae_workdir, copy_workdir):
 
 
 def test_report_shows_every_evaluated_sae_with_probe_columns(sae_workdir, copy_workdir):
-    from monosem_jax.analysis import report
+    from monosem_jax import report
 
     workdir = copy_workdir(sae_workdir)
     config = eval_default.get_config("smoke")

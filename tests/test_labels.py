@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from configs.pipeline import tiny
-from monosem_jax.analysis import evaluate, report
+from monosem_jax import report
+from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import dataset, labels, loaders, prepare
 from monosem_jax.corpus.loaders import CorpusError

@@ -106,7 +106,7 @@ def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path):
 
 
 def test_report_escapes_corpus_text():
-    from monosem_jax.analysis import report
+    from monosem_jax import report
 
     text = report.md_escape("<script>alert(1)</script> **bold** [x](y)\nnext")
     assert "<script>" not in text and "**" not in text and "[x](y)" not in text
@@ -114,7 +114,7 @@ def test_report_escapes_corpus_text():
 
 
 def test_report_lists_loss_by_position_in_position_order():
-    from monosem_jax.analysis import report
+    from monosem_jax import report
 
     line = report.loss_by_position_line({"0-4": 1.75, "16-32": 0.87, "4-16": 0.98, "96-128": 0.8})
     assert line == "Loss by window position: 0-4: 1.75, 4-16: 0.98, 16-32: 0.87, 96-128: 0.80."

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from monosem_jax.errors import StoreError
+
 META_FIELDS = ("token_id", "doc_id", "position")
 DTYPES = ("float32", "bfloat16")
 COMPLETE_KEY = "COMPLETE"
@@ -48,10 +50,6 @@ _CONTEXT = ts.Context(
         "cache_pool": {"total_bytes_limit": 0},
     }
 )
-
-
-class StoreError(RuntimeError):
-    """A store that doesn't match what's asked, or is incomplete/missing; one clear line."""
 
 
 def shared_context() -> ts.Context:

@@ -206,6 +206,26 @@ def write_site(out_dir: str, meta: dict, records, vocab: list[str]) -> int:
     return len(rows)
 
 
+def read_feature_record(browser_dir: str, feature: int) -> dict | None:
+    """One feature's record as the browser wrote it (`data/<id>.js`: monosemFeature({...}))."""
+    path = os.path.join(browser_dir, "data", f"{feature}.js")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    return json.loads(text[text.index("(") + 1 : text.rindex(")")])
+
+
+def read_index(browser_dir: str) -> dict | None:
+    """The browser's index as written (`features_index.js`: window.MONOSEM_INDEX = {...})."""
+    path = os.path.join(browser_dir, "features_index.js")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+
+
 def interpret_config_from(config: ml_collections.ConfigDict) -> interp.InterpretConfig:
     """The library's frozen config; one clear ValueError per bad value."""
     for name in ("top_n", "sample_size", "quantile_bins", "per_bin", "logit_top", "batch_size"):

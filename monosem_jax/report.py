@@ -18,6 +18,7 @@ import time
 import ml_collections
 
 from monosem_jax import metrics_io
+from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import tokenizer
 
 MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|"})
@@ -33,16 +34,6 @@ def read_jsonl(path: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def read_feature_record(browser_dir: str, feature: int) -> dict | None:
-    """One feature's record as the browser wrote it (`data/<id>.js`: monosemFeature({...}))."""
-    path = os.path.join(browser_dir, "data", f"{feature}.js")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        text = f.read()
-    return json.loads(text[text.index("(") + 1 : text.rindex(")")])
 
 
 def _plot_curves(path: str, series: dict[str, list[tuple[int, float]]], title: str) -> bool:
@@ -78,16 +69,13 @@ def example_features(eval_json: dict, browser_dir: str, count: int = 5) -> list[
     chosen = []
     table = sorted(eval_json.get("concept_table") or [], key=lambda r: -r["f1"])
     candidates = [r["feature"] for r in table]
-    index_path = os.path.join(browser_dir, "features_index.js")
-    if os.path.exists(index_path):  # then the densest features of the browser's index
-        with open(index_path) as f:
-            text = f.read()
-        index = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+    index = browser_write.read_index(browser_dir)
+    if index is not None:  # then the densest features of the browser's index
         column = {name: i for i, name in enumerate(index["columns"])}
         rows = sorted(index["rows"], key=lambda r: -(r[column["density"]] or 0.0))
         candidates += [r[column["id"]] for r in rows]
     for feature in candidates:
-        record = read_feature_record(browser_dir, int(feature))
+        record = browser_write.read_feature_record(browser_dir, int(feature))
         if (
             record is not None
             and record.get("top")

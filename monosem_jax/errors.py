@@ -1,0 +1,6 @@
+"""The project's error types, at the bottom of the import graph (every layer may raise them and
+`cli.py` turns each into one `error: ...` line without importing the layers)."""
+
+
+class StoreError(RuntimeError):
+    """A store that doesn't match what's asked, or is incomplete/missing; one clear line."""
