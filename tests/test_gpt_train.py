@@ -44,6 +44,7 @@ def test_one_step_golden_numbers():
     assert int(state["step"]) == 3
     checksum = sum(float(np.abs(x).sum()) for x in jax.tree.leaves(state["params"]))
     np.testing.assert_allclose(checksum, 647.24896, rtol=1e-5)
+    assert step._cache_size() == 1  # one compilation for all three steps (no retrace)
 
 
 def test_step_on_sharded_batch_matches_single_device():

@@ -822,3 +822,38 @@ def test_resample_without_dead_is_identity():
                                                                   jax.random.key(1))
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ----------------------------------------------------------------------------- golden steps
+
+
+@pytest.mark.parametrize("variant, losses, grad_norm, checksum", [
+    ("anthropic_2024", [28.135107, 25.452135, 27.860718], 6.413419, 25.33923),
+    ("topk", [21.104465, 18.05759, 19.376762], 19.100609, 87.91796),
+])
+def test_three_train_steps_match_pinned_numbers_and_trace_once(variant, losses, grad_norm,
+                                                                checksum):
+    """Adam, global-norm clipping (both gradients exceed 1), the lr and λ schedules and the
+    variant's loss, three steps from init, pinned on CPU (jax 0.10.2): any change to the update
+    shows here. The step compiles once for all three (hp and state keep their types)."""
+    import chex
+
+    chex.clear_trace_counter()
+    cfg = model.SAEConfig(variant=variant, d=D, d_sae=F, k=5, k_aux=6, dead_steps=3)
+    hp = step.default_hparams(cfg, lr=1e-2, total_steps=10, l1_warmup_frac=0.0, lr_decay_frac=0.0,
+                              **({"l1_coef": 1.0} if variant == "anthropic_2024" else {}))
+
+    @chex.assert_max_traces(n=1)
+    def one_step(state, x_BD, hp):
+        return step.train_step(state, x_BD, hp, cfg=cfg)
+
+    jitted = jax.jit(one_step)
+    state, got = step.init_state(cfg, jax.random.key(0)), []
+    for s in range(3):
+        state, metrics = jitted(state, _x(seed=s), hp)
+        got.append(float(metrics["loss"]))
+    np.testing.assert_allclose(got, losses, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), grad_norm, rtol=1e-4)
+    total = sum(float(np.abs(np.asarray(v)).sum()) for v in jax.tree.leaves(state["params"]))
+    np.testing.assert_allclose(total, checksum, rtol=1e-5)
+    assert int(state["step"]) == 3
