@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -96,12 +97,36 @@ def test_train_writes_held_out_summary(store_root, tmp_path):
 
 @pytest.mark.parametrize("variant", ["topk", "towards_2023", "jl", "jumprelu", "matryoshka",
                                      "batchtopk", "matryoshka_batchtopk"])
-def test_every_variant_trains(store_root, tmp_path, variant):
+def test_every_variant_trains(store_root, tmp_path, variant, caplog):
+    caplog.set_level(logging.INFO)
     config = _config(store_root, steps=30, variant=variant, resample_steps="15", dead_steps=5)
     summary = sae_train.train_sae(config, str(tmp_path))
     assert summary["variant"] == variant and np.isfinite(summary["mse"])
+    assert 0 < summary["explained_variance"] < 1
+    sae = sae_artifact.load_sae(str(tmp_path), variant)
+    params = {k: np.asarray(v) for k, v in sae.params.items()}
+    # One invariant of what makes each variant itself.
+    if variant in sae_model.UNIT_NORM_DECODER:  # towards_2023 and the TopK family
+        np.testing.assert_allclose(np.linalg.norm(params["w_dec_FD"], axis=1), 1.0, atol=1e-5)
     if variant == "topk":
         assert summary["l0"] <= 8
+    if variant == "towards_2023":  # resampled at step 15 (its latents silent for 5 steps)
+        assert "step 15: resampled dead latents" in caplog.text
+    if variant == "jumprelu":  # θ is learned: it moved from its initial value, per latent
+        theta_F = np.exp(params["log_threshold_F"])
+        assert not np.allclose(theta_F, sae.sae_cfg.jumprelu_threshold_init)
+    if variant in sae_model.BATCH_TOPK:  # the inference threshold was estimated
+        assert float(params["threshold"]) > 0
+    if variant in ("matryoshka", "matryoshka_batchtopk"):  # the first prefix alone is worse
+        st = sae_train.open_training_store(config, str(tmp_path))
+        x_ND = st.read_rows(0, 512) * sae.norm_scale  # the SAE's input units
+        f_NF = np.asarray(sae_model.encode(sae.sae_cfg, sae.params, x_ND, sae.hparams))
+        first = sae_model.resolve_prefixes(sae.sae_cfg.prefixes, sae.sae_cfg.d_sae)[0]
+
+        def mse(f_NF):
+            return float(np.mean((np.asarray(sae_model.decode(sae.params, f_NF)) - x_ND) ** 2))
+
+        assert mse(f_NF * (np.arange(f_NF.shape[1]) < first)) > mse(f_NF)
 
 
 def test_matryoshka_prefixes_are_recorded_and_reloaded(store_root, tmp_path):
