@@ -147,11 +147,8 @@ def topic_writers(model, workdir: str, sae_name: str, vocab: dict[str, frozenset
     space; a word of several tokens counts by its first)."""
     w_u_DV = interpret.unembedding(model.model_cfg, model.lm_params)
     scale = model.lm_params["ln_final"].get("scale")
-    u_FD = np.asarray(model.sae.params["w_dec_FD"], np.float32)
-    u_FD = u_FD / np.maximum(np.linalg.norm(u_FD, axis=1, keepdims=True), 1e-12)
-    u_FD = u_FD - u_FD.mean(axis=1, keepdims=True)  # the final LayerNorm's centring
-    if scale is not None:
-        u_FD = u_FD * np.asarray(scale, np.float32)[None]
+    u_FD = interpret.logit_directions(model.sae.params["w_dec_FD"],
+                                      None if scale is None else np.asarray(scale))
     e_FV = u_FD @ w_u_DV[:, : model.tok.get_vocab_size()]
     z_FV = (e_FV - e_FV.mean(axis=1, keepdims=True)) / (e_FV.std(axis=1, keepdims=True) + 1e-9)
     density_F = np.load(os.path.join(workdir, "eval", f"{sae_name}_features.npz"))["density_F"]

@@ -65,7 +65,7 @@ def _eval_stage(config, workdir):
 def _compare_stage(config, workdir):
     """Trains and evaluates each of config.compare_variants beside the default SAE, with the
     default's settings (each variant's own coefficients), for the report's side-by-side tables."""
-    default_name = metrics_io.resolve_sae_name(workdir, config.sae.name)
+    default_name = config.sae.name or config.sae.variant  # the sae stage's run (run_spec)
     summaries = {}
     for variant in config.compare_variants:
         if variant == default_name:

@@ -118,7 +118,7 @@ def test_every_variant_trains(store_root, tmp_path, variant, caplog):
     if variant in sae_model.BATCH_TOPK:  # the inference threshold was estimated
         assert float(params["threshold"]) > 0
     if variant in ("matryoshka", "matryoshka_batchtopk"):  # the first prefix alone is worse
-        st = sae_train.open_training_store(config, str(tmp_path))
+        st = sae_artifact.training_store(config, str(tmp_path))
         x_ND = st.read_rows(0, 512) * sae.norm_scale  # the SAE's input units
         f_NF = np.asarray(sae_model.encode(sae.sae_cfg, sae.params, x_ND, sae.hparams))
         first = sae_model.resolve_prefixes(sae.sae_cfg.prefixes, sae.sae_cfg.d_sae)[0]

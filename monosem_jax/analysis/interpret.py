@@ -372,17 +372,12 @@ def unembedding(model_cfg, lm_params) -> np.ndarray:
     return np.asarray(lm_params["unembed"]["kernel"], np.float32)
 
 
-def logit_effects(
-    w_dec_FD: np.ndarray,
-    w_u_DV: np.ndarray,
-    ln_scale_D: np.ndarray | None,
-    top: int = 10,
-    chunk: int = 1024,
-) -> LogitEffects:
-    """Top promoted / suppressed tokens of ((u_i − mean u_i) ⊙ γ) @ W_U for unit-norm rows u_i.
+def logit_directions(w_dec_FD: np.ndarray, ln_scale_D: np.ndarray | None) -> np.ndarray:
+    """(u_i − mean u_i) ⊙ γ for unit-norm decoder rows u_i: each feature's direction as the
+    direct path through the final LayerNorm sees it (times W_U: its logit effect).
 
-    This is the direct path through the final LayerNorm: its centring and gain γ are applied;
-    its 1/σ is a positive per-token constant that scales all logits alike, so it is left out.
+    The LayerNorm's centring and gain γ are applied; its 1/σ is a positive per-token constant
+    that scales all logits alike, so it is left out.
     """
     w_FD = np.asarray(w_dec_FD, np.float32)
     norm_F1 = np.linalg.norm(w_FD, axis=1, keepdims=True)
@@ -390,9 +385,21 @@ def logit_effects(
     u_FD = u_FD - u_FD.mean(axis=1, keepdims=True)
     if ln_scale_D is not None:
         u_FD = u_FD * np.asarray(ln_scale_D, np.float32)[None]
+    return u_FD
+
+
+def logit_effects(
+    w_dec_FD: np.ndarray,
+    w_u_DV: np.ndarray,
+    ln_scale_D: np.ndarray | None,
+    top: int = 10,
+    chunk: int = 1024,
+) -> LogitEffects:
+    """Top promoted / suppressed tokens of logit_directions(W_dec, γ) @ W_U."""
+    u_FD = logit_directions(w_dec_FD, ln_scale_D)
     top = min(top, w_u_DV.shape[1])
-    out = [np.zeros((w_FD.shape[0], top), dt) for dt in (np.int64, np.float32) * 2]
-    for start in range(0, w_FD.shape[0], chunk):
+    out = [np.zeros((u_FD.shape[0], top), dt) for dt in (np.int64, np.float32) * 2]
+    for start in range(0, u_FD.shape[0], chunk):
         e_GV = u_FD[start : start + chunk] @ w_u_DV
         for (ids, vals), sign in ((out[0:2], 1.0), (out[2:4], -1.0)):
             part_GK = np.argpartition(-sign * e_GV, top - 1, axis=1)[:, :top]

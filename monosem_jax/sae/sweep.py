@@ -28,6 +28,7 @@ from absl import logging
 
 from monosem_jax import checkpoint, metrics_io
 from monosem_jax.activations import reader as reader_lib
+from monosem_jax.sae import artifact as sae_artifact
 from monosem_jax.sae import step as sae_step
 from monosem_jax.sae import train as sae_train
 
@@ -94,7 +95,7 @@ def stack(trees):
 def sweep(config: ml_collections.ConfigDict, workdir: str, *, wrap_step=None) -> dict:
     """Trains every member of `config.sweep.grid`; `wrap_step` lets tests count traces."""
     t_start = time.time()
-    st = sae_train.open_training_store(config, workdir)
+    st = sae_artifact.training_store(config, workdir)
     members = parse_grid(config.sweep.grid)
     name = config.sweep.name
     sweep_dir = os.path.join(workdir, "sweep", name)

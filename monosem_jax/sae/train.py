@@ -21,7 +21,6 @@ from absl import logging
 
 from monosem_jax import checkpoint, metrics_io
 from monosem_jax.activations import reader as reader_lib
-from monosem_jax.activations import store as store_lib
 from monosem_jax.sae import artifact
 from monosem_jax.sae import metrics as sae_metrics
 from monosem_jax.sae import model as sae_model
@@ -56,10 +55,6 @@ class RunSpec:
     batch_size: int
     seed: int
     resample_steps: tuple[int, ...]
-
-
-def open_training_store(config: ml_collections.ConfigDict, workdir: str) -> store_lib.Store:
-    return artifact.training_store(config, workdir)
 
 
 def sae_config_from(config: ml_collections.ConfigDict, d: int, k: int | None = None):
@@ -151,7 +146,7 @@ def check_finite(name: str, step: int, metrics: dict) -> None:
 def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains one SAE (resuming from its checkpoints) and writes its summary."""
     t_start = time.time()
-    st = open_training_store(config, workdir)
+    st = artifact.training_store(config, workdir)
     spec = run_spec(config, workdir, st.d)
     summary_path = os.path.join(spec.run_dir, "summary.json")
     if os.path.exists(summary_path):
