@@ -80,8 +80,8 @@ def _compare_stage(config, workdir):
             "sae_wall_s": trained.get("wall_s"),
             **{k: evaluated.get(k) for k in COMPARED},
         }
-    metrics_io.write_json_atomic(os.path.join(workdir, "compare", "summary.json"), summaries)
-    return summaries
+    # Written and printed like every stage's summary.
+    return metrics_io.finish_summary(os.path.join(workdir, "compare", "summary.json"), summaries)
 
 
 # What the compare stage's summary keeps of each variant's evaluation.
