@@ -1,8 +1,8 @@
 """Benchmark: tokens/s of our jitted GPT train step against a PyTorch reference of the same shape.
 
-  python experiments/bench_lm.py                          # tiny CPU shape (configs/gpt/tiny.py)
+  python experiments/bench_lm.py  # tiny CPU shape (monosem_jax/configs/gpt/tiny.py)
   python experiments/bench_lm.py --steps 20 --rounds 5    # longer, steadier medians
-  python experiments/bench_lm.py --shape=gpu              # configs/gpt/tinystories.py's shape
+  python experiments/bench_lm.py --shape=gpu  # monosem_jax/configs/gpt/tinystories.py's shape
 
 Both sides train the same decoder (pre-LN, fused-qkv causal attention, GELU(tanh) MLP, tied or
 untied unembedding, learned or rotary positions) with the same AdamW (b1 .9, b2 .95, weight decay
@@ -41,7 +41,8 @@ import time
 
 import numpy as np
 
-CONFIGS = {"cpu": "configs/gpt/tiny.py", "gpu": "configs/gpt/tinystories.py"}
+CONFIGS = {"cpu": "monosem_jax/configs/gpt/tiny.py",
+           "gpu": "monosem_jax/configs/gpt/tinystories.py"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_PIN = "torch==2.13.0"
 
@@ -51,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shape", choices=sorted(CONFIGS), default="cpu",
                    help="cpu: configs/gpt/tiny.py; gpu: configs/gpt/tinystories.py")
     p.add_argument("--config", default=None,
-                   help="config file path[:arg] (overrides --shape), e.g. configs/gpt/tiny.py")
+                   help="config file path[:arg] (overrides --shape)")
     p.add_argument("--batch", type=int, default=None, help="windows per step (default: config)")
     p.add_argument("--context", type=int, default=None, help="tokens per window (default: config)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round per contender")

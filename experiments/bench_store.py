@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from configs.sae import default as sae_default
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store as store_lib
+from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import step as sae_step
 from monosem_jax.sae import train as sae_train
 

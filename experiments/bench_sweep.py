@@ -23,8 +23,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from configs.sae import default as sae_default
 from monosem_jax.activations import store
+from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import sweep as sae_sweep
 from monosem_jax.sae import train as sae_train
 

@@ -18,8 +18,8 @@ import time
 import jax
 import numpy as np
 
-from configs.gpt import tiny as gpt_tiny
 from monosem_jax import parallel
+from monosem_jax.configs.gpt import tiny as gpt_tiny
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import context_probe, data
 from monosem_jax.gpt import train as gpt_train

@@ -6,7 +6,7 @@ does the project's real SAE path (StoreWriter -> activation store -> train_sae -
 checkpoint) learn decoder directions that match the true ones? A true direction counts as
 recovered when some learned decoder row (normalised) has cosine >= 0.9 with it. Goal: a recovered
 fraction >= 0.9 for both the pipeline's default SAE (topk, k annealed from a wide start, as in
-configs/sae/default.py) and the paper's anthropic_2024.
+monosem_jax/configs/sae/default.py) and the paper's anthropic_2024.
 
   python experiments/sae_ground_truth.py                  # 2,048 directions in 256-d (~10 min, CPU)
   python experiments/sae_ground_truth.py --quick          # 512 directions in 64-d (smoke check)
@@ -38,9 +38,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from configs.sae import default as sae_default  # noqa: E402
 from monosem_jax import checkpoint  # noqa: E402
 from monosem_jax.activations import store as store_lib  # noqa: E402
+from monosem_jax.configs.sae import default as sae_default  # noqa: E402
 from monosem_jax.sae import step as sae_step  # noqa: E402
 from monosem_jax.sae import train as sae_train  # noqa: E402
 
@@ -233,7 +233,7 @@ def build_store(root: str, gen: dict) -> tuple[tuple, dict]:
 
 
 def sae_config(args, variant: str, root: str):
-    """configs/sae/default.py's config for `variant` on the ground-truth store."""
+    """monosem_jax/configs/sae/default.py's config for `variant` on the ground-truth store."""
     settings = args.settings[variant]
     config = sae_default.get_config()
     config.variant = variant

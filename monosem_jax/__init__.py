@@ -7,7 +7,7 @@ The public API, imported on first use (``import monosem_jax`` stays light):
   acts_BLF = monosem_jax.feature_acts(sae, x_BLD)            # reported activations, hook units
   xhat_BLD = monosem_jax.reconstruct(sae, x_BLD)
   model_cfg, lm_params, step = monosem_jax.load_lm("runs/default")
-  summary = monosem_jax.run_pipeline(config, "runs/default") # config: configs/pipeline/tiny.py
+  summary = monosem_jax.run_pipeline(config, "runs/default")  # config: configs/pipeline/tiny.py
 """
 
 import importlib

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import configs
 from monosem_jax.errors import StoreError
 
 # Errors a user can fix (bad config value, bad input file, NaN loss): one line, exit code 2.
@@ -17,8 +17,12 @@ USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, FileExistsErro
 
 
 def default_config(relative: str) -> str:
-    """Path of a config file shipped in the `configs` package, e.g. 'pipeline/tiny.py'."""
-    return os.path.join(os.path.dirname(configs.__file__), relative)
+    """Path of a config file shipped in `monosem_jax.configs`, e.g. 'pipeline/tiny.py'.
+
+    The configs are a subpackage (files that import each other), installed with the wheel, so
+    the path resolves the same from an editable install, `pip install .` or a built wheel.
+    """
+    return str(importlib.resources.files("monosem_jax.configs").joinpath(relative))
 
 
 def define_flags(default_config_path: str) -> None:

@@ -21,7 +21,7 @@ def smoke_lm_workdir(tmp_path_factory):
 
     Tests that write into a work directory copy it first (see `copy_workdir`).
     """
-    from configs.pipeline import tiny
+    from monosem_jax.configs.pipeline import tiny
     from monosem_jax.corpus import prepare
     from monosem_jax.gpt import train
 
@@ -38,9 +38,9 @@ def sae_workdir(smoke_lm_workdir, tmp_path_factory):
 
     Shared by the eval, steering, search and attribution tests; copy it before writing.
     """
-    from configs.capture import default as capture_default
-    from configs.sae import default as sae_default
     from monosem_jax.activations import capture
+    from monosem_jax.configs.capture import default as capture_default
+    from monosem_jax.configs.sae import default as sae_default
     from monosem_jax.sae import train as sae_train
 
     workdir = str(tmp_path_factory.mktemp("sae") / "w")

@@ -126,7 +126,7 @@ def _cli(workdir, *flags):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
         [sys.executable, "-m", "monosem_jax.intervene.attribute_main", f"--workdir={workdir}",
-         "--config=configs/attribution/default.py:smoke", *flags],
+         "--config=monosem_jax/configs/attribution/default.py:smoke", *flags],
         capture_output=True, text=True, env=env, timeout=300,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )

@@ -16,12 +16,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from configs.browse import default as browse_default
-from configs.capture import default as capture_default
-from configs.sae import default as sae_default
 from monosem_jax.activations import capture
 from monosem_jax.analysis import interpret as interp
 from monosem_jax.browser import write
+from monosem_jax.configs.browse import default as browse_default
+from monosem_jax.configs.capture import default as capture_default
+from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import train as sae_train
 
 # Without the background-networking flags Chromium keeps trying to reach Google's services.

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs.capture import default as capture_default
 from monosem_jax.activations import capture, store
+from monosem_jax.configs.capture import default as capture_default
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.eval import default as eval_default
 from monosem_jax import metrics_io
 from monosem_jax.analysis import evaluate, features
 from monosem_jax.analysis import metrics as m
+from monosem_jax.configs.eval import default as eval_default
 from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.sae import model as sae_model

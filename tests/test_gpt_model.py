@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.gpt import tinystories
+from monosem_jax.configs.gpt import tinystories
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.gpt import train as gpt_train
 

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs.gpt import tiny
-from configs.pipeline import tiny as pipeline_tiny
 from monosem_jax import parallel
+from monosem_jax.configs.gpt import tiny
+from monosem_jax.configs.pipeline import tiny as pipeline_tiny
 from monosem_jax.corpus import prepare
 from monosem_jax.gpt import data
 from monosem_jax.gpt import model as gpt_model

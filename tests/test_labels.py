@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from configs.pipeline import tiny
 from monosem_jax import report
 from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
+from monosem_jax.configs.pipeline import tiny
 from monosem_jax.corpus import dataset, labels, loaders, prepare
 from monosem_jax.corpus.loaders import CorpusError
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from configs.pipeline import tiny
 from monosem_jax import pipeline
+from monosem_jax.configs.pipeline import tiny
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 

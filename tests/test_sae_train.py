@@ -17,10 +17,10 @@ import pytest
 import tensorstore as ts
 
 import monosem_jax
-from configs.sae import default as sae_default
 from monosem_jax import checkpoint
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store
+from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import artifact as sae_artifact
 from monosem_jax.sae import model as sae_model
 from monosem_jax.sae import step as sae_step

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.search import default as search_default
+from monosem_jax.configs.search import default as search_default
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.intervene import search, splice
 

@@ -122,7 +122,7 @@ def test_bad_input_is_a_clear_error(spliced):
 def _cli(workdir, *flags):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "monosem_jax.intervene.steer_main", f"--workdir={workdir}",
-           "--config=configs/steer/default.py:smoke", *flags]
+           "--config=monosem_jax/configs/steer/default.py:smoke", *flags]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
 

@@ -1,6 +1,6 @@
 """monosem-capture: stores hook activations of the trained GPT in W/acts (TensorStore zarr3).
 
-  monosem-capture --workdir=W [--config=configs/capture/default.py] [--config.hooks=...]
+  monosem-capture --workdir=W [--config=monosem_jax/configs/capture/default.py] [--config.hooks=...]
 """
 
 from monosem_jax import cli

@@ -1,6 +1,6 @@
 """monosem-eval: evaluates one SAE run on held-out contexts, writing W/eval/<sae_name>.json.
 
-monosem-eval --workdir=W [--config=configs/eval/default.py] [--config.sae_name=topk16]
+monosem-eval --workdir=W [--config=monosem_jax/configs/eval/default.py] [--config.sae_name=topk16]
 """
 
 from monosem_jax import cli

@@ -33,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-    """The probes' settings, validated (see configs/eval/default.py for each field)."""
+    """The probes' settings, validated (see monosem_jax/configs/eval/default.py for each field)."""
 
     tokens: int = 32768
     train_fraction: float = 0.5

@@ -1,6 +1,6 @@
 """monosem-browse: writes the static feature browser of one SAE run to W/browser.
 
-monosem-browse --workdir=W [--config=configs/browse/default.py] [--config.sae_name=topk16]
+monosem-browse --workdir=W [--config.sae_name=topk16]
 Then open W/browser/index.html in a browser (file://; no server needed).
 """
 

@@ -1,6 +1,6 @@
 """monosem-prepare: corpus -> tokenizer -> tokenized dataset in W (the pipeline's first stage).
 
-  monosem-prepare --workdir=W [--config=configs/pipeline/tiny.py] [--config.corpus.path=FILE]
+  monosem-prepare --workdir=W [--config.corpus.path=FILE]
       [--config.corpus.labels=LABELS.jsonl]   (concept labels of that corpus; see corpus/labels.py)
 """
 

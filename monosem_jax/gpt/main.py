@@ -1,6 +1,6 @@
 """monosem-train-lm: trains the GPT on W/data (from monosem-prepare), resuming from W/lm.
 
-monosem-train-lm --config=configs/gpt/tiny.py --workdir=W
+monosem-train-lm --config=monosem_jax/configs/gpt/tiny.py --workdir=W
 """
 
 from monosem_jax import cli

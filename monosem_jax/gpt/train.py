@@ -24,7 +24,7 @@ from monosem_jax.gpt import sample as gpt_sample
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and loop settings (see configs/gpt/*.py for what each means)."""
+    """Optimisation and loop settings (see monosem_jax/configs/gpt/*.py for what each means)."""
 
     seed: int = 0
     steps: int = 400

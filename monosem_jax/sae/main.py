@@ -1,6 +1,6 @@
 """monosem-train-sae: trains one SAE on a captured store, resuming from W/sae/<name>.
 
-monosem-train-sae --workdir=W [--config=configs/sae/default.py] [--config.variant=topk]
+monosem-train-sae --workdir=W [--config=monosem_jax/configs/sae/default.py] [--config.variant=topk]
 """
 
 from monosem_jax import cli

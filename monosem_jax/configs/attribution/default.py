@@ -2,7 +2,7 @@
 
 monosem-attribute --workdir=W --config.prompt="Lily wanted to play in the park. She"
 monosem-attribute --workdir=W --config.sae_name=topk16 --config.target="logit: park"
-monosem-attribute --workdir=W --config=configs/attribution/default.py:smoke     (seconds; tests)
+monosem-attribute --workdir=W --config=monosem_jax/configs/attribution/default.py:smoke
 """
 
 import ml_collections

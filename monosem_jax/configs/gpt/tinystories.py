@@ -4,13 +4,13 @@ Shape in the range of the small TinyStories models (d=384, 8 layers, 6 heads of 
 512, RoPE, untied unembedding) with a BPE of 8k tokens: 20.5M parameters; ~2.6B tokens at batch
 128 x 512 for 40k steps, bfloat16 compute.
 
-  monosem-train-lm --config=configs/gpt/tinystories.py --workdir=W
-  monosem-train-lm --config=configs/gpt/tinystories.py:smoke --workdir=W    (CPU-sized check)
+  monosem-train-lm --config=monosem_jax/configs/gpt/tinystories.py --workdir=W
+  monosem-train-lm --config=monosem_jax/configs/gpt/tinystories.py:smoke --workdir=W
 """
 
 import ml_collections
 
-from configs.gpt import tiny
+from monosem_jax.configs.gpt import tiny
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -2,7 +2,7 @@
 
 monosem-browse --workdir=W                         (after the SAE stage; the pipeline's SAE)
 monosem-browse --workdir=W --config.sae_name=topk16 --config.max_features=1000
-monosem-browse --workdir=W --config=configs/browse/default.py:smoke     (seconds; for tests)
+monosem-browse --workdir=W --config=monosem_jax/configs/browse/default.py:smoke
 """
 
 import ml_collections

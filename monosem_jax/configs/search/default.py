@@ -3,7 +3,7 @@
 monosem-search --workdir=W --config.prompt="The fish swam in the sea."
 monosem-search --workdir=W --config.with_prompts="She swam in the sea.||The waves were big." \
     --config.without_prompts="She baked a cake.||The cow slept in the barn."
-monosem-search --workdir=W --config=configs/search/default.py:smoke --config.prompt=...  (tests)
+monosem-search --workdir=W --config=monosem_jax/configs/search/default.py:smoke --config.prompt=...
 """
 
 import ml_collections

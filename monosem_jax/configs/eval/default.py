@@ -2,7 +2,7 @@
 
 monosem-eval --workdir=W                    (after the SAE stage; evaluates the pipeline's SAE)
 monosem-eval --workdir=W --config.sae_name=topk16 --config.max_tokens=131072
-monosem-eval --workdir=W --config=configs/eval/default.py:smoke         (seconds; for tests)
+monosem-eval --workdir=W --config=monosem_jax/configs/eval/default.py:smoke
 """
 
 import ml_collections

@@ -5,8 +5,8 @@ experiments/topic_context_gain.py): two RoPE layers at a peak learning rate of 6
 phase change at ~500 steps; four RoPE layers at 3e-3 need ~750-1,000 (BUILD.md,
 "The default LM recipe").
 
-monosem-train-lm --config=configs/gpt/tiny.py --workdir=W           (W/data from monosem-prepare)
-monosem-train-lm --config=configs/gpt/tiny.py:smoke --workdir=W     (seconds; for tests)
+monosem-train-lm --config=monosem_jax/configs/gpt/tiny.py --workdir=W  (W/data from monosem-prepare)
+monosem-train-lm --config=monosem_jax/configs/gpt/tiny.py:smoke --workdir=W
 """
 
 import ml_collections

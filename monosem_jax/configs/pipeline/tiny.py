@@ -3,16 +3,16 @@ activations -> SAE -> eval -> feature browser.
 
 monosem-pipeline --workdir=W                                  (this config is the default)
 monosem-pipeline --workdir=W --config.corpus.path=stories.txt (a real corpus instead)
-monosem-pipeline --workdir=W --config=configs/pipeline/tiny.py:smoke   (seconds; for tests)
+monosem-pipeline --workdir=W --config=monosem_jax/configs/pipeline/tiny.py:smoke
 """
 
 import ml_collections
 
-from configs.browse import default as browse_default
-from configs.capture import default as capture_default
-from configs.eval import default as eval_default
-from configs.gpt import tiny as gpt_tiny
-from configs.sae import default as sae_default
+from monosem_jax.configs.browse import default as browse_default
+from monosem_jax.configs.capture import default as capture_default
+from monosem_jax.configs.eval import default as eval_default
+from monosem_jax.configs.gpt import tiny as gpt_tiny
+from monosem_jax.configs.sae import default as sae_default
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
