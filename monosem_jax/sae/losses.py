@@ -50,8 +50,7 @@ def auxk_activation(z_BF: jax.Array, dead_F: jax.Array, k_aux: int) -> jax.Array
     # dead, the extra picks are −inf and ReLU makes them 0.
     masked_BF = jnp.where(dead_F[None], z_BF, -jnp.inf)
     vals_BK, idx_BK = jax.lax.top_k(masked_BF, k_aux)
-    rows_B1 = jnp.arange(z_BF.shape[0])[:, None]
-    return jnp.zeros_like(z_BF).at[rows_B1, idx_BK].set(jax.nn.relu(vals_BK), unique_indices=True)
+    return model.scatter_topk(z_BF, jax.nn.relu(vals_BK), idx_BK)
 
 
 def auxk_loss(
@@ -149,7 +148,7 @@ def jl_penalty(w_FD: jax.Array) -> jax.Array:
     # unit-norm dictionary vectors, averaged over all F² entries (zero diagonal) × √d. We average
     # over the F(F−1)/2 distinct pairs instead (independent of F) and leave √d to the coefficient.
     num_f = w_FD.shape[0]
-    u_FD = w_FD / jnp.sqrt(jnp.sum(jnp.square(w_FD), axis=1))[:, None]
+    u_FD = model.unit_rows(w_FD)
     cos_FF = u_FD @ u_FD.T
     upper_FF = jnp.arange(num_f)[:, None] < jnp.arange(num_f)[None, :]
     atanh_FF = jnp.arctanh(jnp.clip(jnp.abs(cos_FF), 0.0, 1.0 - JL_COS_EPS))

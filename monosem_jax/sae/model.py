@@ -122,8 +122,7 @@ def _is_int(v) -> bool:
 
 def init_params(cfg: SAEConfig, key: jax.Array) -> Params:
     """Tied init: unit directions U, W_dec = U·norm, W_enc = dec_init_norm·Uᵀ, zero biases."""
-    u_FD = jax.random.normal(key, (cfg.d_sae, cfg.d), jnp.float32)
-    u_FD = u_FD / jnp.linalg.norm(u_FD, axis=1, keepdims=True)
+    u_FD = unit_rows(jax.random.normal(key, (cfg.d_sae, cfg.d), jnp.float32))
     dec_norm = 1.0 if cfg.variant in UNIT_NORM_DECODER else cfg.dec_init_norm
     params = {
         "w_enc_DF": (cfg.dec_init_norm * u_FD).T,
@@ -142,9 +141,20 @@ def init_params(cfg: SAEConfig, key: jax.Array) -> Params:
     return params
 
 
+def row_norms(w_RD: jax.Array) -> jax.Array:
+    """The L2 norm of each row [R] (R: any row axis, e.g. features)."""
+    return jnp.sqrt(jnp.sum(jnp.square(w_RD), axis=1))
+
+
+def unit_rows(w_RD: jax.Array, eps: float = 0.0) -> jax.Array:
+    """Each row divided by its L2 norm (by eps where the norm is smaller: zero rows stay 0)."""
+    norms_R = row_norms(w_RD)
+    return w_RD / (jnp.maximum(norms_R, eps) if eps else norms_R)[:, None]
+
+
 def decoder_norms(params: Params) -> jax.Array:
     """‖W_dec,i‖₂ per feature [F] (cheap: one pass over [F, D])."""
-    return jnp.sqrt(jnp.sum(jnp.square(params["w_dec_FD"]), axis=1))
+    return row_norms(params["w_dec_FD"])
 
 
 def preacts(params: Params, x_BD: jax.Array) -> jax.Array:

@@ -158,22 +158,21 @@ def update_threshold(theta: jax.Array, min_kept: jax.Array, rate: jax.Array) -> 
 
 def project_out_parallel(w_dec_FD: jax.Array, g_FD: jax.Array) -> jax.Array:
     """Removes from each gradient row its component along that decoder row."""
-    u_FD = w_dec_FD / jnp.sqrt(jnp.sum(jnp.square(w_dec_FD), axis=1))[:, None]
+    u_FD = model.unit_rows(w_dec_FD)
     return g_FD - jnp.sum(g_FD * u_FD, axis=1)[:, None] * u_FD
 
 
-def unit_rows(w_FD: jax.Array) -> jax.Array:
-    """Each row divided by its L2 norm."""
-    return w_FD / jnp.sqrt(jnp.sum(jnp.square(w_FD), axis=1))[:, None]
-
-
-def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig
+def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig, loss=None
                ) -> tuple[State, dict[str, jax.Array]]:
-    """One optimiser step of the cfg.variant loss; pure (jit with cfg static, donate state)."""
+    """One optimiser step of the cfg.variant loss; pure (jit with cfg static, donate state).
+
+    `loss` replaces the variant's loss function (same signature as `losses.LOSSES` entries);
+    experiments pass alternative formulations through it.
+    """
     params = state["params"]
     hp_t = scheduled(hp, state["step"])
     dead_F = state["steps_since_fired_F"] >= cfg.dead_steps
-    loss_fn = functools.partial(LOSSES[cfg.variant], cfg=cfg)
+    loss_fn = functools.partial(loss or LOSSES[cfg.variant], cfg=cfg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x_BD, hp_t, dead_F)
     unit_norm = cfg.variant in model.UNIT_NORM_DECODER
     if unit_norm:  # only the tangential part may move a row constrained to the unit sphere
@@ -182,7 +181,7 @@ def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig
     updates, opt_state = make_optimizer().update(grads, state["opt_state"], params)
     new_params = jax.tree.map(lambda p, u: p - hp_t["lr"] * u, params, updates)
     if unit_norm:
-        new_params["w_dec_FD"] = unit_rows(new_params["w_dec_FD"])
+        new_params["w_dec_FD"] = model.unit_rows(new_params["w_dec_FD"])
     if cfg.variant in model.BATCH_TOPK:  # θ is no gradient parameter (its gradient is 0 anyway)
         new_params["threshold"] = update_threshold(params["threshold"], aux["min_kept"],
                                                    hp_t["threshold_rate"])
@@ -247,9 +246,9 @@ def resample_dead(state: State, x_ND: jax.Array, key: jax.Array, hp: HParams | N
     _, pick_M = jax.lax.top_k(logits_N + jax.random.gumbel(key, (num_n,), jnp.float32), num_m)
     rank_F = jnp.cumsum(dead_F.astype(jnp.int32)) - 1
     x_FD = x_ND[pick_M[jnp.maximum(rank_F, 0) % num_m]]
-    dir_FD = x_FD / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x_FD), axis=1)), 1e-30)[:, None]
+    dir_FD = model.unit_rows(x_FD, eps=1e-30)
 
-    enc_norm_F = jnp.sqrt(jnp.sum(jnp.square(params["w_enc_DF"]), axis=0))
+    enc_norm_F = model.row_norms(params["w_enc_DF"].T)
     alive_F = ~dead_F
     num_alive = jnp.sum(alive_F)
     alive_norm = jnp.where(  # all dead: fall back to the mean over all features
