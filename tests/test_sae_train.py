@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import chex
 import jax
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from monosem_jax.activations import store
 from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import artifact as sae_artifact
 from monosem_jax.sae import model as sae_model
+from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
 from monosem_jax.sae import sweep as sae_sweep
 from monosem_jax.sae import train as sae_train
@@ -68,6 +68,10 @@ def _config(root, **overrides):
     return config
 
 
+def _spec(config, workdir):
+    return sae_run.run_spec(sae_run.TrainConfig.from_config(config), workdir, D)
+
+
 def test_train_writes_held_out_summary(store_root, tmp_path):
     summary = sae_train.train_sae(_config(store_root, steps=60), str(tmp_path))
     for key in (
@@ -99,7 +103,7 @@ def test_train_writes_held_out_summary(store_root, tmp_path):
                                      "batchtopk", "matryoshka_batchtopk"])
 def test_every_variant_trains(store_root, tmp_path, variant, caplog):
     caplog.set_level(logging.INFO)
-    config = _config(store_root, steps=30, variant=variant, resample_steps="15", dead_steps=5)
+    config = _config(store_root, steps=30, variant=variant, resample_steps=(15,), dead_steps=5)
     summary = sae_train.train_sae(config, str(tmp_path))
     assert summary["variant"] == variant and np.isfinite(summary["mse"])
     assert 0 < summary["explained_variance"] < 1
@@ -118,7 +122,7 @@ def test_every_variant_trains(store_root, tmp_path, variant, caplog):
     if variant in sae_model.BATCH_TOPK:  # the inference threshold was estimated
         assert float(params["threshold"]) > 0
     if variant in ("matryoshka", "matryoshka_batchtopk"):  # the first prefix alone is worse
-        st = sae_artifact.training_store(config, str(tmp_path))
+        st = sae_artifact.training_store(config.store, config.hook, str(tmp_path))
         x_ND = st.read_rows(0, 512) * sae.norm_scale  # the SAE's input units
         f_NF = np.asarray(sae_model.encode(sae.sae_cfg, sae.params, x_ND, sae.hparams))
         first = sae_model.resolve_prefixes(sae.sae_cfg.prefixes, sae.sae_cfg.d_sae)[0]
@@ -130,7 +134,7 @@ def test_every_variant_trains(store_root, tmp_path, variant, caplog):
 
 
 def test_matryoshka_prefixes_are_recorded_and_reloaded(store_root, tmp_path):
-    config = _config(store_root, steps=20, variant="matryoshka", prefixes="8,32")
+    config = _config(store_root, steps=20, variant="matryoshka", prefixes=(8, 32))
     sae_train.train_sae(config, str(tmp_path))
     run_dir = tmp_path / "sae" / "matryoshka"
     recorded = json.load(open(run_dir / "config.json"))
@@ -163,7 +167,8 @@ def test_batchtopk_threshold_calibrates_inference_and_reloads(store_root, tmp_pa
     assert loaded.sae_cfg.variant == variant and loaded.step == steps
     assert float(loaded.params["threshold"]) == pytest.approx(summary["threshold"], rel=1e-6)
     st = store.open_store(store.kvstore_for(store_root), HOOK)
-    reader = reader_lib.ActivationReader(st, sae_train._reader_config(config, config.seed))
+    reader = reader_lib.ActivationReader(
+        st, sae_run.TrainConfig.from_config(config).reader_config(config.seed))
     batches = reader.iterate(steps - 1)
     x_BD = np.asarray(next(batches))
     batches.close()
@@ -210,7 +215,8 @@ def test_an_sae_folder_copied_alone_loads_and_encodes_without_its_store(store_ro
 def test_held_out_rows_are_never_trained_on(store_root):
     st = store.open_store(store.kvstore_for(store_root), HOOK)
     config = _config(store_root)
-    reader = reader_lib.ActivationReader(st, sae_train._reader_config(config, 0))
+    reader = reader_lib.ActivationReader(
+        st, sae_run.TrainConfig.from_config(config).reader_config(0))
     seen = np.concatenate([reader.batch_indices(s) for s in range(reader.steps_per_epoch)])
     assert seen.max() < ROWS - config.eval_rows
     reader.close()
@@ -224,8 +230,8 @@ def test_held_out_rows_are_never_trained_on(store_root):
         (dict(d_sae=0), "d_sae"),
         (dict(variant="relu9"), "variant"),
         (dict(steps=0), "steps"),
-        (dict(variant="matryoshka", prefixes="32,8"), "prefixes"),
-        (dict(variant="matryoshka", prefixes="8,x"), "prefixes"),
+        (dict(variant="matryoshka", prefixes=(32, 8)), "prefixes"),
+        (dict(variant="matryoshka", prefixes=("8", "x")), "prefixes"),
         (dict(variant="batchtopk", k=100), "k"),
         (dict(variant="matryoshka_batchtopk", threshold_rate=2.0), "threshold_rate"),
     ],
@@ -302,7 +308,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(store_ro
     config = _config(store_root, steps=200, checkpoint_every=10)
     # The data order does not depend on the values: find the block the reader reaches last.
     st = store.open_store(store.kvstore_for(store_root), HOOK)
-    reader = reader_lib.ActivationReader(st, sae_train._reader_config(config, config.seed))
+    reader = reader_lib.ActivationReader(
+        st, sae_run.TrainConfig.from_config(config).reader_config(config.seed))
     first_seen = {}
     for s in range(reader.steps_per_epoch):
         for block in np.unique(reader.batch_indices(s) // SHARD):
@@ -319,7 +326,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(store_ro
     )
     last = ckpt.latest_step()
     assert last is not None and last <= first_bad
-    spec = sae_train.run_spec(config, str(tmp_path), D)
+    spec = _spec(config, str(tmp_path))
     abstract = checkpoint.abstract_like(sae_step.init_state(spec.sae_cfg, jax.random.key(0)))
     state, _ = ckpt.restore(abstract)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
@@ -329,12 +336,12 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(store_ro
 
 @pytest.mark.parametrize("strategy", ["vmap", "map", "loop"])
 def test_sweep_compiles_once_and_members_match_single_runs(store_root, tmp_path, strategy):
-    grid = "l1_coef=1,4 seed=0,1"
     config = _config(store_root, steps=30)
-    config.sweep.grid = grid
+    config.sweep.grid = ("l1_coef=1,4 seed=0,1",)  # as --config.sweep.grid="l1_coef=1,4 seed=0,1"
     config.sweep.strategy = strategy
-    summary = sae_sweep.sweep(config, str(tmp_path), wrap_step=chex.assert_max_traces(n=1))
+    summary = sae_sweep.sweep(config, str(tmp_path))
     assert summary["members"] == 4 and summary["strategy"] == strategy
+    assert summary["step_compilations"] == 1  # one trace for all steps and members
     table = list(csv.DictReader(open(tmp_path / "sweep" / "sweep" / "table.csv")))
     assert [(float(r["l1_coef"]), int(r["seed"])) for r in table] == [
         (1.0, 0),
@@ -356,9 +363,9 @@ def test_sweep_compiles_once_and_members_match_single_runs(store_root, tmp_path,
 
 def test_batchtopk_sweep_over_k_compiles_once_and_matches_single_run(store_root, tmp_path):
     config = _config(store_root, steps=30, variant="batchtopk", threshold_rate=0.1)
-    config.sweep.grid = "k=4,8"
+    config.sweep.grid = ("k=4,8",)
     config.sweep.strategy = "vmap"
-    sae_sweep.sweep(config, str(tmp_path), wrap_step=chex.assert_max_traces(n=1))
+    assert sae_sweep.sweep(config, str(tmp_path))["step_compilations"] == 1
     # Member 0 (k=4) ran with the sweep's static k = 8 and a traced k = 4: the same run as k = 4
     # alone (static k = 4).
     alone = sae_train.train_sae(
@@ -372,23 +379,25 @@ def test_batchtopk_sweep_over_k_compiles_once_and_matches_single_run(store_root,
 
 
 def test_annealed_k_switches_to_a_step_compiled_for_the_final_k(store_root, tmp_path):
-    # A sweep member runs its whole schedule with the static bound max(k_start, k) = 16; alone,
-    # train_sae switches to a step compiled for k = 4 once the anneal is over (step 15): the same
-    # run, at the small k's price.
+    # Alone, train_sae switches to a step compiled for k = 4 once the anneal is over (step 15):
+    # the same run as with the static bound max(k_start, k) = 16 throughout, at the small k's
+    # price.
     overrides = dict(steps=30, variant="topk", k_start=16, k_anneal_frac=0.5)
-    spec = sae_train.run_spec(_config(store_root, k=4, **overrides), str(tmp_path), D)
-    assert sae_train.k_settled_step(spec) == 15 and spec.sae_cfg.k == 16
+    spec = _spec(_config(store_root, k=4, **overrides), str(tmp_path))
+    assert sae_run.k_settled_step(spec) == 15 and spec.sae_cfg.k == 16
     config = _config(store_root, **overrides)
-    config.sweep.grid = "k=4,8"
+    config.sweep.grid = ("k=4,8",)
     config.sweep.strategy = "vmap"
-    sae_sweep.sweep(config, str(tmp_path))
+    # The sweep switches too, to a step compiled for its largest final k (8) from step 15 on.
+    assert sae_sweep.sweep(config, str(tmp_path))["step_compilations"] == 2
     alone = sae_train.train_sae(_config(store_root, k=4, name="alone", **overrides), str(tmp_path))
+    assert alone["step_compilations"] == 2
     member = json.load(open(tmp_path / "sae" / "sweep_0" / "summary.json"))
     for key in ("mse", "explained_variance", "l0"):
         np.testing.assert_allclose(member[key], alone[key], rtol=2e-3)
     assert alone["l0"] <= 4
-    no_anneal = sae_train.run_spec(_config(store_root, steps=30, variant="topk", k_start=0), "w", D)
-    assert sae_train.k_settled_step(no_anneal) is None
+    no_anneal = _spec(_config(store_root, steps=30, variant="topk", k_start=0), "w")
+    assert sae_run.k_settled_step(no_anneal) is None
 
 
 def test_bad_sweep_grids_are_clear_errors():
@@ -396,4 +405,8 @@ def test_bad_sweep_grids_are_clear_errors():
         sae_sweep.parse_grid("d_sae=1,2")
     with pytest.raises(ValueError, match="empty"):
         sae_sweep.parse_grid("  ")
-    assert sae_sweep.parse_grid("lr=1e-3 k=4,8") == [{"lr": 1e-3, "k": 4}, {"lr": 1e-3, "k": 8}]
+    expected = [{"lr": 1e-3, "k": 4}, {"lr": 1e-3, "k": 8}]
+    assert sae_sweep.parse_grid("lr=1e-3 k=4,8") == expected
+    assert sae_sweep.parse_grid(("lr=1e-3", "k=4,8")) == expected  # the config file's tuple form
+    with pytest.raises(ValueError, match="bad value"):
+        sae_sweep.parse_grid(("k=4,x",))

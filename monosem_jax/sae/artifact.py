@@ -15,7 +15,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from monosem_jax import checkpoint, metrics_io, parallel
 from monosem_jax.activations import store as store_lib
@@ -69,12 +68,13 @@ def typed_hparams(hp: dict) -> dict:
     return {k: v for k, v in hp.items() if k in sae_step.HPARAM_KEYS}
 
 
-def training_store(config: dict | ml_collections.ConfigDict, workdir: str) -> store_lib.Store:
-    """The activation store a run's `sae` config names (config.store, else W/acts)."""
-    root = config["store"] or os.path.join(workdir, "acts")
+def training_store(store: str, hook: str, workdir: str) -> store_lib.Store:
+    """The activation store an SAE config names: `store` (a path or a JSON TensorStore kvstore
+    spec), else W/acts; at `hook`."""
+    root = store or os.path.join(workdir, "acts")
     if isinstance(root, str) and root.lstrip().startswith("{"):
         root = json.loads(root)
-    return store_lib.open_store(store_lib.kvstore_for(root), config["hook"])
+    return store_lib.open_store(store_lib.kvstore_for(root), hook)
 
 
 def load_run(run_dir: str) -> TrainedSAE:
@@ -99,7 +99,7 @@ def load_run(run_dir: str) -> TrainedSAE:
     norm_scale = recorded.get("norm_scale")
     if norm_scale is None:  # a run from before norm_scale was recorded: ask its store
         workdir = os.path.dirname(os.path.dirname(os.path.abspath(run_dir)))
-        norm_scale = training_store(config, workdir).norm_scale
+        norm_scale = training_store(config["store"], config["hook"], workdir).norm_scale
     return TrainedSAE(
         name=os.path.basename(os.path.normpath(run_dir)),
         sae_cfg=sae_cfg,

@@ -10,6 +10,7 @@ error summed over d (the papers' ‖x − x̂‖²).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -298,4 +299,32 @@ LOSSES = {
     "matryoshka": loss_matryoshka,
     "batchtopk": loss_batchtopk,
     "matryoshka_batchtopk": loss_matryoshka_batchtopk,
+}
+
+
+def _topk_lr(cfg: SAEConfig) -> dict:
+    # Gao et al. fig. 3 / dictionary_learning (top_k, batch_top_k, matryoshka_batch_top_k):
+    # 2e-4 / √(F / 2^14).
+    return {"lr": 2e-4 / math.sqrt(cfg.d_sae / 2**14)}
+
+
+# Each variant's hyper-parameter defaults (functions of its shape), from the reference
+# implementations; step.default_hparams lays them over the registry's base values.
+VARIANT_HPARAMS = {
+    # Anthropic's April 2024 update: lr 5e-5, λ = 5.
+    "anthropic_2024": lambda cfg: {"lr": 5e-5, "l1_coef": 5.0},
+    "topk": _topk_lr,
+    # Unit-norm decoder: λ means the same as for anthropic_2024.
+    "towards_2023": lambda cfg: {"lr": 1e-4, "l1_coef": 5.0},
+    # gpt_sae: lr 1e-4, final coefficient c = 0.5 on mean(e²) + c·√d·mean_{F²} atanh|cos|; in
+    # our units (mse summed over d, penalty averaged over pairs) that is 0.5·d^1.5·(F−1)/F.
+    "jl": lambda cfg: {"lr": 1e-4, "jl_coef": 0.5 * cfg.d**1.5 * (cfg.d_sae - 1) / cfg.d_sae},
+    # dictionary_learning's JumpReLU lr 7e-5; λ ~ 1e-3 for inputs with E‖x‖² = 1 scales to
+    # 1e-3·d for our E‖x‖² = d. A starting point only: sweep it.
+    "jumprelu": lambda cfg: {"lr": 7e-5, "l0_coef": 1e-3 * cfg.d},
+    # Anthropic's lr; λ = 0.5, not 5: the prefix terms already crowd features into the early
+    # latents, and λ = 5 collapsed it (BUILD.md "SAE math" has the λ sweep).
+    "matryoshka": lambda cfg: {"lr": 5e-5, "l1_coef": 0.5},
+    "batchtopk": _topk_lr,
+    "matryoshka_batchtopk": _topk_lr,
 }

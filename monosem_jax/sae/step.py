@@ -8,7 +8,6 @@ rate is applied in `train_step` as −lr_t · adam_update, so it is traced like 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +15,35 @@ import numpy as np
 import optax
 
 from monosem_jax.sae import model
-from monosem_jax.sae.losses import LOSSES
+from monosem_jax.sae.losses import LOSSES, VARIANT_HPARAMS
 from monosem_jax.sae.model import HParams, Params, SAEConfig
 
 State = dict
 
-HPARAM_KEYS = ("lr", "l1_coef", "aux_coef", "jl_coef", "l0_coef", "k", "k_start", "total_steps",
-               "l1_warmup_frac", "lr_decay_frac", "k_anneal_frac", "jl_warmup_frac",
-               "threshold_rate")
-INT_HPARAMS = ("k", "k_start")
+# The hyper-parameter registry: every traced hyper-parameter with its dtype and base default
+# (None: the SAE's static k). Config fields of the same names set them (total_steps comes from
+# config.steps); each variant's own defaults are losses.VARIANT_HPARAMS.
+HPARAMS = {
+    "lr": (jnp.float32, 5e-5),
+    "l1_coef": (jnp.float32, 0.0),
+    "aux_coef": (jnp.float32, 1.0 / 32.0),
+    "jl_coef": (jnp.float32, 0.0),
+    "l0_coef": (jnp.float32, 0.0),
+    "k": (jnp.int32, None),
+    "k_start": (jnp.int32, None),
+    "total_steps": (jnp.float32, 10_000),
+    "l1_warmup_frac": (jnp.float32, 0.05),
+    "lr_decay_frac": (jnp.float32, 0.2),
+    "k_anneal_frac": (jnp.float32, 0.0),
+    "jl_warmup_frac": (jnp.float32, 0.4),
+    # batchtopk variants: weight of each batch's smallest kept activation in θ's running
+    # average (SAELens topk_threshold_lr 0.01: a window of ~100 steps, short enough for our
+    # 600-step runs; dictionary_learning's β = 0.999 suits its 30k+ steps).
+    "threshold_rate": (jnp.float32, 0.01),
+}
+HPARAM_KEYS = tuple(HPARAMS)
+INT_HPARAMS = tuple(name for name, (dtype, _) in HPARAMS.items() if dtype == jnp.int32)
+CONFIG_HPARAMS = tuple(name for name in HPARAM_KEYS if name != "total_steps")
 _FRACTIONS = ("l1_warmup_frac", "lr_decay_frac", "k_anneal_frac", "jl_warmup_frac")
 _COEFFICIENTS = ("l1_coef", "aux_coef", "jl_coef", "l0_coef")
 # axu930/gpt_sae train_sae.py get_jl_coeff: 0.5 + 2 cos(π t / (2 w)) for t < w, then 0.5, i.e. the
@@ -34,46 +53,14 @@ JL_BOOST = 4.0
 
 
 def default_hparams(cfg: SAEConfig, **overrides) -> HParams:
-    """Per-variant defaults (overridable) as float32 scalars, k and k_start int32."""
-    hp = {
-        "lr": 5e-5, "l1_coef": 0.0, "aux_coef": 1.0 / 32.0, "jl_coef": 0.0, "l0_coef": 0.0,
-        "k": cfg.k, "k_start": cfg.k, "total_steps": 10_000,
-        "l1_warmup_frac": 0.05, "lr_decay_frac": 0.2, "k_anneal_frac": 0.0, "jl_warmup_frac": 0.4,
-        # batchtopk variants: weight of each batch's smallest kept activation in θ's running
-        # average (SAELens topk_threshold_lr 0.01: a window of ~100 steps, short enough for our
-        # 600-step runs; dictionary_learning's β = 0.999 suits its 30k+ steps).
-        "threshold_rate": 0.01,
-    }
-    if cfg.variant == "anthropic_2024":  # Anthropic's April 2024 update: lr 5e-5, λ = 5
-        hp.update(lr=5e-5, l1_coef=5.0)
-    elif cfg.variant == "matryoshka":
-        # Anthropic's lr; λ = 0.5, not 5: the prefix terms already crowd features into the early
-        # latents, and λ = 5 collapsed it (EV 0.62, L0 3, half dead). On the default pipeline
-        # (F = 2048, 600 steps) λ = 0.25 / 0.5 / 1 / 2 gave EV .99/.97/.95/.89, L0 51/31/18/9 and
-        # the best concept F1s at 0.5 (name .81, French .72; BUILD.md "SAE math").
-        hp.update(lr=5e-5, l1_coef=0.5)
-    elif cfg.variant == "towards_2023":  # unit-norm decoder: λ means the same as above
-        hp.update(lr=1e-4, l1_coef=5.0)
-    elif cfg.variant in model.TOPK_FAMILY:
-        # Gao et al. fig. 3 / dictionary_learning (top_k, batch_top_k, matryoshka_batch_top_k):
-        # 2e-4 / √(F / 2^14).
-        hp.update(lr=2e-4 / math.sqrt(cfg.d_sae / 2**14))
-    elif cfg.variant == "jl":
-        # gpt_sae: lr 1e-4, final coefficient c = 0.5 on mean(e²) + c·√d·mean_{F²} atanh|cos|;
-        # in our units (mse summed over d, penalty averaged over pairs) that is 0.5·d^1.5·(F−1)/F.
-        hp.update(lr=1e-4, jl_coef=0.5 * cfg.d**1.5 * (cfg.d_sae - 1) / cfg.d_sae)
-    elif cfg.variant == "jumprelu":
-        # dictionary_learning's JumpReLU lr 7e-5; λ ~ 1e-3 for inputs with E‖x‖² = 1 scales to
-        # 1e-3·d for our E‖x‖² = d. A starting point only: sweep it.
-        hp.update(lr=7e-5, l0_coef=1e-3 * cfg.d)
+    """The registry's defaults, then the variant's, then `overrides`, as typed scalars."""
     unknown = sorted(set(overrides) - set(HPARAM_KEYS))
     if unknown:
         raise ValueError(f"unknown SAE hyper-parameter(s) {unknown}; valid: {HPARAM_KEYS}")
+    hp = {name: cfg.k if default is None else default for name, (_, default) in HPARAMS.items()}
+    hp.update(VARIANT_HPARAMS[cfg.variant](cfg))
     hp.update(overrides)
-    return {
-        name: jnp.asarray(hp[name], jnp.int32 if name in INT_HPARAMS else jnp.float32)
-        for name in HPARAM_KEYS
-    }
+    return {name: jnp.asarray(hp[name], dtype) for name, (dtype, _) in HPARAMS.items()}
 
 
 def validate_hparams(cfg: SAEConfig, hp: HParams) -> None:

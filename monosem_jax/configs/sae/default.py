@@ -3,7 +3,7 @@ from 64; BUILD.md, "The default SAE", has the comparison that chose it).
 
 monosem-train-sae --workdir=W                                      (after capture)
 monosem-train-sae --workdir=W --config.variant=anthropic_2024      (the paper's L1 SAE)
-monosem-sweep --workdir=W --config.sweep.grid="k=8,16,32,64"       (one compiled program)
+monosem-sweep --workdir=W --config.sweep.grid="k=8,16,32,64"  (one compiled program)
 monosem-sweep --workdir=W --config.variant=anthropic_2024 --config.sweep.grid="l1_coef=1,2,4,8"
 """
 
@@ -48,13 +48,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.jl_warmup_frac = 0.4  # jl: the coefficient eases from 5x down to jl_coef (gpt_sae)
     config.l0_coef = placeholder(float)  # jumprelu: L0 coefficient
     config.jumprelu_bandwidth = 0.001
-    # matryoshka, matryoshka_batchtopk: comma-separated nested prefix sizes, e.g. "64,256,1024"
-    # (d_sae appended); "" = d_sae/32, d_sae/8, d_sae/2, d_sae
-    config.prefixes = ""
+    # matryoshka, matryoshka_batchtopk: nested prefix sizes, e.g. (64, 256, 1024) or on the
+    # command line --config.prefixes=64,256,1024 (d_sae appended); () = d_sae/32, /8, /2, d_sae
+    config.prefixes = ()
     config.dead_steps = (
         200  # steps without firing before a latent counts as dead (AuxK, resampling)
     )
-    config.resample_steps = ""  # towards_2023: comma-separated steps at which dead latents resample
+    config.resample_steps = ()  # towards_2023: the steps at which dead latents resample
 
     config.eval_rows = 65536  # held-out rows (the store's last rows), never trained on
     config.shuffle_blocks = 8  # shuffle buffer, in shards
@@ -64,10 +64,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.sweep = ml_collections.ConfigDict()
     config.sweep.name = "sweep"  # W/sweep/<name>; members are W/sae/<name>_<i>
-    # Space-separated "key=v1,v2,..." axes (their product is the sweep): any of lr, l1_coef, k,
+    # "key=v1,v2,..." axes (their product is the sweep), one per item, or space-separated in one
+    # string on the command line (--config.sweep.grid="k=8,16 seed=0,1"): any of lr, l1_coef, k,
     # k_start, aux_coef, jl_coef, l0_coef, seed, l1_warmup_frac, lr_decay_frac, k_anneal_frac,
     # threshold_rate.
-    config.sweep.grid = "k=8,16,32,64"
+    config.sweep.grid = ("k=8,16,32,64",)
     config.sweep.strategy = "auto"  # auto | vmap | map | loop: how members share one program
 
     if arg == "smoke":
@@ -82,7 +83,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.k = 8
         config.k_start = 32
         config.k_aux = 16
-        config.sweep.grid = "k=4,8 seed=0,1"
+        config.sweep.grid = ("k=4,8", "seed=0,1")
     elif arg:
         raise ValueError(f"unknown config arg {arg!r}; use '' or 'smoke'")
     return config

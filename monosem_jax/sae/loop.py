@@ -1,0 +1,205 @@
+"""The SAE training loop, written once: one run (`train.train_sae`) or N members of one shape in
+one compiled program (`sweep.sweep`).
+
+Every batch is read once and fed to all members; the data order is a pure function of
+(data_seed, step), so a run killed at any point resumes from its last checkpoint and ends where an
+uninterrupted run ends. How N members share the program is a strategy, because the fastest
+differs by backend (experiments/README.md, bench_sweep.py):
+
+  single  one member, unstacked (a run of its own)
+  vmap    one batched program: batched matmuls [N, B, d] x [N, d, F] (best on GPU)
+  map     lax.map over members: a compiled loop, one member's matmuls at a time
+  loop    the members' steps unrolled in one program (XLA may overlap them)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from monosem_jax import checkpoint, metrics_io
+from monosem_jax.activations import reader as reader_lib
+from monosem_jax.sae import run as sae_run
+from monosem_jax.sae import step as sae_step
+
+STRATEGIES = ("vmap", "map", "loop")
+BEST_STRATEGY = {"cpu": "vmap", "gpu": "vmap", "tpu": "vmap"}  # experiments/README.md
+
+
+def resolve_strategy(strategy: str) -> str:
+    if strategy == "auto":
+        return BEST_STRATEGY.get(jax.default_backend(), "vmap")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"sweep.strategy must be auto, vmap, map or loop, got {strategy!r}")
+    return strategy
+
+
+def members_step(sae_cfg, strategy: str, num_members: int):
+    """The (unjitted) step of all members: (states, x_BD, hps) -> (states, metrics)."""
+    step = functools.partial(sae_step.train_step, cfg=sae_cfg)
+    if strategy == "single":
+        return step
+    if strategy == "vmap":
+        return lambda states, x_BD, hps: jax.vmap(step, in_axes=(0, None, 0))(states, x_BD, hps)
+    if strategy == "map":
+        return lambda states, x_BD, hps: jax.lax.map(
+            lambda member: step(member[0], x_BD, member[1]), (states, hps)
+        )
+
+    def unrolled(states, x_BD, hps):
+        outs = [step(member(states, i), x_BD, member(hps, i)) for i in range(num_members)]
+        return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *outs)
+
+    return unrolled
+
+
+def member(tree, i: int):
+    """Member i of a stacked pytree."""
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def stack(trees):
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+@dataclasses.dataclass
+class Trained:
+    """What the loop leaves: final states and hyper-parameters (stacked unless single), the
+    held-out rows and the training statistics each member's summary records."""
+
+    states: dict
+    hps: dict
+    eval_ND: np.ndarray
+    resumed_from_step: int
+    tokens_per_s: float
+    train_loss_N: np.ndarray
+    step_compilations: int
+
+    def stats(self, i: int) -> dict:
+        return {"resumed_from_step": self.resumed_from_step, "tokens_per_s": self.tokens_per_s,
+                "train_loss": float(self.train_loss_N[i]),
+                # compilations of the train step in this process (1, or 2 where an annealed k
+                # switches to a step compiled for its final k): a retrace would show here
+                "step_compilations": self.step_compilations}
+
+
+def train_members(cfg: sae_run.TrainConfig, st, specs: list[sae_run.RunSpec], *, out_dir: str,
+                  strategy: str, data_seed: int, resample_seed: int) -> Trained:
+    """Trains `specs` (one shape) from `out_dir`/checkpoints on, in one compiled program."""
+    single = strategy == "single"
+    # One static shape for all: TopK selects up to the largest k; each member's traced k masks.
+    sae_cfg = max((s.sae_cfg for s in specs), key=lambda c: c.k)
+    reader = reader_lib.ActivationReader(st, cfg.reader_config(data_seed))
+    eval_ND = reader.eval_rows_array()
+    if single:
+        hps = specs[0].device_hparams()
+        states = sae_step.init_state(sae_cfg, jax.random.key(specs[0].seed))
+    else:
+        # On the device, like the step's outputs, so that every call hits one compiled program.
+        hps = jax.device_put(stack([jax.device_get(s.device_hparams()) for s in specs]))
+        states = jax.device_put(stack(
+            [jax.device_get(sae_step.init_state(sae_cfg, jax.random.key(s.seed))) for s in specs]
+        ))
+    ckpt = checkpoint.Checkpointer(os.path.join(out_dir, "checkpoints"),
+                                   save_every=cfg.checkpoint_every)
+    restored = ckpt.restore(checkpoint.abstract_like(states))
+    if restored is not None:
+        states = restored[0]
+    start = int(np.asarray(states["step"]).reshape(-1)[0])
+    if restored is not None:
+        label = specs[0].name if single else f"sweep {os.path.basename(out_dir)}"
+        logging.info("resuming SAE %s from checkpoint at step %d", label, start)
+
+    compile_for = functools.partial(_compiled_step, strategy=strategy, num_members=len(specs))
+    step_fn = compile_for(sae_cfg)
+    settled = _settled(specs)
+    settled_fn = compile_for(dataclasses.replace(sae_cfg, k=settled[1])) if settled else step_fn
+    resample_fn = _resampler(sae_cfg, single)
+    writer = metrics_io.MetricsWriter(os.path.join(out_dir, "metrics.jsonl"), start)
+    report = _Reporter(cfg, specs, writer)
+    lagged = metrics_io.LaggedMetrics(cfg.steps, report)
+    batches = reader.iterate(start, device_put=True)
+    try:
+        for step in range(start, cfg.steps):
+            x_BD = next(batches)
+            if step in cfg.resample_steps and sae_cfg.variant == "towards_2023":
+                key = jax.random.fold_in(jax.random.key(resample_seed), step)
+                keys = key if single else jax.random.split(key, len(specs))
+                states = resample_fn(states, x_BD, keys, hps)
+                logging.info("step %d: resampled dead latents", step)
+            fn = settled_fn if settled and step >= settled[0] else step_fn
+            states, metrics = fn(states, x_BD, hps)
+            lagged.dispatched(step, metrics)
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                report.check(step, jax.device_get(metrics))  # never save a NaN state
+                ckpt.save(done, states, {"step": done, "members": [s.name for s in specs]},
+                          force=True)
+        lagged.flush()
+    finally:
+        batches.close()
+        ckpt.close()
+        reader.close()
+    rate = lagged.timed_steps / lagged.elapsed if lagged.elapsed else 0.0
+    last = report.last or {"loss": np.full(len(specs), np.nan)}
+    compilations = sum(f._cache_size() for f in {id(step_fn): step_fn, id(settled_fn): settled_fn}
+                       .values())
+    return Trained(states, hps, eval_ND, start, rate * cfg.batch_size,
+                   np.asarray(last["loss"], np.float64).reshape(-1), compilations)
+
+
+def _compiled_step(sae_cfg, *, strategy: str, num_members: int):
+    return jax.jit(members_step(sae_cfg, strategy, num_members), donate_argnums=0)
+
+
+def _settled(specs) -> tuple[int, int] | None:
+    """(the step from which every member's k has settled, the largest final k), or None when no
+    member anneals k (sae_run.k_settled_step)."""
+    steps = [sae_run.k_settled_step(s) for s in specs]
+    if all(s is None for s in steps):
+        return None
+    return max(s or 0 for s in steps), max(int(s.hparams["k"]) for s in specs)
+
+
+def _resampler(sae_cfg, single: bool):
+    resample = functools.partial(sae_step.resample_dead, cfg=sae_cfg)
+    return jax.jit(resample if single else jax.vmap(resample, in_axes=(0, None, 0, 0)))
+
+
+class _Reporter:
+    """Checks, logs and writes the members' metrics, fetched one step late (LaggedMetrics)."""
+
+    def __init__(self, cfg: sae_run.TrainConfig, specs, writer):
+        self.cfg, self.specs, self.writer = cfg, specs, writer
+        self.last = None
+
+    def check(self, step: int, metrics: dict) -> None:
+        for spec, loss in zip(self.specs, np.asarray(metrics["loss"]).reshape(-1), strict=True):
+            sae_run.check_finite(spec.name, step, loss)
+
+    def __call__(self, step: int, metrics: dict, steps_per_s: float, eta: str) -> None:
+        self.check(step, metrics)
+        self.last = metrics
+        done, cfg = step + 1, self.cfg
+        if done % cfg.log_every and done != cfg.steps:
+            return
+        tokens_per_s = steps_per_s * cfg.batch_size
+        if len(self.specs) == 1 and np.ndim(metrics["loss"]) == 0:
+            logging.info(
+                "sae %s step %d/%d loss %.4f mse %.4f ev %.3f l0 %.1f dead %.3f | %.0f tok/s | "
+                "eta %s", self.specs[0].name, done, cfg.steps, metrics["loss"], metrics["mse"],
+                metrics["explained_variance"], metrics["l0"], metrics["dead_fraction"],
+                tokens_per_s, eta)
+            self.writer.write(done, tokens_per_s=tokens_per_s, **metrics)
+            return
+        ev, l0 = np.asarray(metrics["explained_variance"]), np.asarray(metrics["l0"])
+        logging.info("sweep step %d/%d ev %.3f..%.3f l0 %.1f..%.1f | %.0f tok/s | eta %s", done,
+                     cfg.steps, ev.min(), ev.max(), l0.min(), l0.max(), tokens_per_s, eta)
+        for i, spec in enumerate(self.specs):
+            self.writer.write(done, member=spec.name,
+                              **{k: np.asarray(v)[i] for k, v in metrics.items()})

@@ -1,0 +1,210 @@
+"""An SAE run's definition and record: the stage's config boundary, each member's resolved spec,
+its recorded config.json and its summary.json.
+
+`TrainConfig.from_config` is the only place the SAE stage reads its ConfigDict (monosem-train-sae
+and monosem-sweep both start there); everything after takes the frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from monosem_jax import config_values, metrics_io
+from monosem_jax.activations import reader as reader_lib
+from monosem_jax.sae import artifact
+from monosem_jax.sae import metrics as sae_metrics
+from monosem_jax.sae import model as sae_model
+from monosem_jax.sae import step as sae_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The SAE stage's settings (configs/sae/default.py documents each), validated."""
+
+    name: str
+    variant: str
+    hook: str
+    store: str
+    d_sae: int
+    steps: int
+    batch_size: int
+    seed: int
+    data_seed: int  # -1: the seed
+    hparams: dict  # the config's hyper-parameters (step.CONFIG_HPARAMS) that are set
+    k_aux: int
+    dead_steps: int
+    jumprelu_bandwidth: float
+    prefixes: tuple[int, ...]
+    resample_steps: tuple[int, ...]
+    eval_rows: int
+    shuffle_blocks: int
+    prefetch: int
+    log_every: int
+    checkpoint_every: int
+    recorded: dict  # the config as JSON (without the sweep), recorded in each run's config.json
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> TrainConfig:
+        for field in ("steps", "batch_size", "d_sae", "log_every", "checkpoint_every"):
+            if int(config[field]) <= 0:
+                raise ValueError(f"config.{field}={config[field]!r} is invalid; valid: > 0")
+        recorded = json.loads(config.to_json())
+        recorded.pop("sweep", None)
+        return cls(
+            name=config.name,
+            variant=config.variant,
+            hook=config.hook,
+            store=config.store,
+            d_sae=int(config.d_sae),
+            steps=int(config.steps),
+            batch_size=int(config.batch_size),
+            seed=int(config.seed),
+            data_seed=int(config.data_seed),
+            hparams={k: config[k] for k in sae_step.CONFIG_HPARAMS if config[k] is not None},
+            k_aux=int(config.k_aux),
+            dead_steps=int(config.dead_steps),
+            jumprelu_bandwidth=float(config.jumprelu_bandwidth),
+            prefixes=config_values.int_tuple("prefixes", config.get("prefixes", ())),
+            resample_steps=config_values.int_tuple("resample_steps", config.resample_steps),
+            eval_rows=int(config.eval_rows),
+            shuffle_blocks=int(config.shuffle_blocks),
+            prefetch=int(config.prefetch),
+            log_every=int(config.log_every),
+            checkpoint_every=int(config.checkpoint_every),
+            recorded=recorded,
+        )
+
+    def reader_config(self, seed: int) -> reader_lib.ReaderConfig:
+        return reader_lib.ReaderConfig(
+            batch_size=self.batch_size,
+            seed=seed,
+            shuffle_blocks=self.shuffle_blocks,
+            prefetch=self.prefetch,
+            eval_rows=self.eval_rows,
+        )
+
+    def training_store(self, workdir: str):
+        return artifact.training_store(self.store, self.hook, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything one SAE run (alone or a sweep member) needs, resolved from the config."""
+
+    name: str
+    run_dir: str
+    sae_cfg: sae_model.SAEConfig
+    hparams: dict  # python numbers (k_start resolved)
+    steps: int
+    batch_size: int
+    seed: int
+
+    def device_hparams(self) -> dict:
+        return sae_step.default_hparams(self.sae_cfg, **artifact.typed_hparams(self.hparams))
+
+
+def run_spec(cfg: TrainConfig, workdir: str, d: int, name: str | None = None,
+             **overrides) -> RunSpec:
+    """Resolves one run (hyper-parameter `overrides` and `seed` for sweep members); a bad
+    hyper-parameter is one clear ValueError."""
+    hp = {**cfg.hparams, **{k: v for k, v in overrides.items() if k != "seed"}}
+    if not hp.get("k_start"):  # unset values fall back to the variant's defaults
+        hp["k_start"] = hp["k"]
+    hp["total_steps"] = cfg.steps
+    sae_cfg = sae_model.SAEConfig(
+        variant=cfg.variant,
+        d=d,
+        d_sae=cfg.d_sae,
+        k=max(hp["k"], hp["k_start"]),
+        k_aux=min(cfg.k_aux, cfg.d_sae),
+        dead_steps=cfg.dead_steps,
+        jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+        prefixes=cfg.prefixes,
+    )
+    spec = RunSpec(
+        name=name or cfg.name or cfg.variant,
+        run_dir="",
+        sae_cfg=sae_cfg,
+        hparams=hp,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seed=int(overrides.get("seed", cfg.seed)),
+    )
+    sae_step.validate_hparams(sae_cfg, spec.device_hparams())
+    return dataclasses.replace(spec, run_dir=os.path.join(workdir, "sae", spec.name))
+
+
+def k_settled_step(spec: RunSpec) -> int | None:
+    """The first step from which an annealed k (k_start > k) stays at its final k, else None.
+
+    From then on the step is compiled for the final k: top_k is compiled for a static bound and
+    a larger bound (k_start) costs the whole run its price; the selected latents are the same.
+    """
+    hp = spec.hparams
+    if spec.sae_cfg.variant not in sae_model.TOPK_FAMILY or hp["k_start"] <= hp["k"]:
+        return None
+    return math.ceil(hp.get("k_anneal_frac", 0.0) * spec.steps)
+
+
+def check_finite(name: str, step: int, loss) -> None:
+    loss = float(loss)
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"SAE run '{name}': loss is {loss} at step {step}; the last good checkpoint is kept. "
+            "Lower lr or the penalty coefficient."
+        )
+
+
+def record_config(spec: RunSpec, cfg: TrainConfig, norm_scale: float) -> None:
+    """Writes the run's config.json: what trained it, and all that using it needs (the SAE's
+    shape, final hyper-parameters, hook and the store's norm_scale: sae/artifact.py). A run
+    folder that holds another config is a clear error, never overwritten."""
+    path = os.path.join(spec.run_dir, "config.json")
+    wanted = {
+        "sae": cfg.recorded,
+        "sae_config": dataclasses.asdict(spec.sae_cfg),
+        "hparams": spec.hparams,
+        "seed": spec.seed,
+        "hook": cfg.hook,
+        "norm_scale": float(norm_scale),
+    }
+    if os.path.exists(path):
+        diff = metrics_io.config_difference(metrics_io.read_json(path),
+                                            json.loads(json.dumps(wanted)))
+        if diff:
+            raise ValueError(
+                f"{spec.run_dir} holds an SAE run with a different config ({diff}); pick "
+                "another --config.name or delete that folder"
+            )
+    metrics_io.write_json_atomic(path, wanted)
+
+
+def finish_run(spec: RunSpec, params, hp, eval_ND, train_stats: dict, t_start: float) -> dict:
+    """Held-out evaluation, feature densities and the run's summary.json."""
+    final_hp = sae_step.scheduled(hp, spec.steps)
+    metrics, density_F = sae_metrics.evaluate(spec.sae_cfg, params, final_hp, eval_ND)
+    np.save(os.path.join(spec.run_dir, "feature_density.npy"), density_F)
+    summary = {
+        "name": spec.name,
+        "variant": spec.sae_cfg.variant,
+        "d": spec.sae_cfg.d,
+        "d_sae": spec.sae_cfg.d_sae,
+        "steps": spec.steps,
+        "tokens": spec.steps * spec.batch_size,
+        **metrics,
+        **train_stats,
+        "hparams": {k: float(v) for k, v in jax.device_get(hp).items()},
+        # batchtopk variants: the inference threshold θ the held-out metrics above encoded with
+        **({"threshold": float(params["threshold"])} if "threshold" in params else {}),
+        "seed": spec.seed,
+        "wall_s": time.time() - t_start,
+    }
+    return metrics_io.finish_summary(os.path.join(spec.run_dir, "summary.json"), summary)
