@@ -21,6 +21,7 @@ from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store
 from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import artifact as sae_artifact
+from monosem_jax.sae import metrics as sae_metrics
 from monosem_jax.sae import model as sae_model
 from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
@@ -410,3 +411,23 @@ def test_bad_sweep_grids_are_clear_errors():
     assert sae_sweep.parse_grid(("lr=1e-3", "k=4,8")) == expected  # the config file's tuple form
     with pytest.raises(ValueError, match="bad value"):
         sae_sweep.parse_grid(("k=4,x",))
+
+
+def test_held_out_metrics_do_not_depend_on_chunking():
+    # 1000 rows in chunks of 300 (the last padded) against one chunk and plain numpy.
+    cfg = sae_model.SAEConfig(variant="topk", d=D, d_sae=64, k=4, k_aux=16)
+    params = sae_model.init_params(cfg, jax.random.key(0))
+    hp = sae_step.default_hparams(cfg)
+    x_ND = np.random.default_rng(0).standard_normal((1000, D)).astype(np.float32) + 1.0
+    chunked, density_F = sae_metrics.evaluate(cfg, params, hp, x_ND, chunk=300)
+    whole, whole_density_F = sae_metrics.evaluate(cfg, params, hp, x_ND, chunk=1000)
+    for key in ("mse", "nmse", "explained_variance", "l0"):
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5)
+    np.testing.assert_array_equal(density_F, whole_density_F)
+    f_NF = np.asarray(sae_model.encode(cfg, params, x_ND, hp))
+    err_N = np.sum((x_ND - np.asarray(sae_model.decode(params, f_NF))) ** 2, axis=1)
+    np.testing.assert_allclose(chunked["mse"], err_N.mean(), rtol=1e-4)
+    total_var = np.sum((x_ND - x_ND.mean(0)) ** 2)
+    np.testing.assert_allclose(chunked["explained_variance"], 1 - err_N.sum() / total_var,
+                               rtol=1e-4)
+    assert chunked["l0"] == pytest.approx(4.0) and chunked["eval_rows"] == 1000

@@ -91,9 +91,8 @@ def loss_topk(
     z_BF = model.preacts_pre_bias(params, x_BD)
     # Sparse decode: x̂ = Σ_k f_k W_dec[idx_k] + b_dec gathers k decoder rows per row instead of
     # a dense [B,F]x[F,D] product (and its two backward products: the W_dec gradient becomes a
-    # scatter-add of B·k rows). Same value up to summation order; experiments/bench_sae.py
-    # measured 1.7x the whole step on CPU at B = F = 4096, k = 32. The dense f is only kept for
-    # the metrics and dead-feature tracking, without a gradient.
+    # scatter-add of B·k rows); same value up to summation order, faster (experiments/README.md,
+    # topk_select_study.py). The dense f is kept for the metrics and dead-feature tracking only.
     vals_BK, idx_BK = model.topk_select(z_BF, cfg.k, hp["k"])
     xhat_BD = model.decode_sparse(params, vals_BK, idx_BK)
     f_BF = jax.lax.stop_gradient(model.scatter_topk(z_BF, vals_BK, idx_BK))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from monosem_jax import batching
 from monosem_jax.sae import model as sae_model
 
 DENSE_THRESHOLD = 0.1  # a feature active on more than 10% of tokens counts as dense
@@ -16,6 +17,7 @@ DENSE_THRESHOLD = 0.1  # a feature active on more than 10% of tokens counts as d
 @functools.partial(jax.jit, static_argnames="cfg")
 def _chunk_sums(params, x_BD, valid_B, hp, cfg):
     """Sums over the valid rows of one chunk (padding rows have valid=False)."""
+    x_BD = x_BD * valid_B[:, None]  # padding rows count as zeros
     f_BF = sae_model.encode(cfg, params, x_BD, hp) * valid_B[:, None]
     err_BD = (x_BD - sae_model.decode(params, f_BF)) * valid_B[:, None]
     return {
@@ -39,13 +41,9 @@ def evaluate(cfg, params, hp, x_ND: np.ndarray, chunk: int = 4096) -> tuple[dict
     chunk = min(chunk, n)
     totals = None
     for start in range(0, n, chunk):
-        x_BD = np.asarray(x_ND[start : start + chunk], np.float32)
-        valid_B = np.ones(chunk, bool)
-        if x_BD.shape[0] < chunk:  # one compiled shape: pad with zero rows, masked out
-            valid_B[x_BD.shape[0] :] = False
-            x_BD = np.concatenate(
-                [x_BD, np.zeros((chunk - x_BD.shape[0], x_BD.shape[1]), np.float32)]
-            )
+        # One compiled shape: the last chunk is padded, its padding masked out.
+        x_BD, real = batching.pad_rows(np.asarray(x_ND[start : start + chunk], np.float32), chunk)
+        valid_B = batching.valid_rows(real, chunk)
         sums = jax.device_get(_chunk_sums(params, x_BD, valid_B, hp, cfg))
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     mean_D = totals["sum_x_D"] / n

@@ -179,19 +179,9 @@ def topk_select(
     Entries past the traced k (<= static k_max) have value 0. The sparse form of
     `topk_activation`: a loss can decode from it by gathering k decoder rows per row.
     """
-    # Exact lax.top_k on every backend. Measured on the 2-core CPU at B = F = 4096, k = 32
-    # (experiments/bench_sae.py --study-topk: the activation's forward + VJP alone, and the
-    # whole train step with each alternative patched in), none beats it: approx_max_k (on CPU
-    # XLA lowers it to the same exact TopK call: recall 1.0, same time), a threshold (k-th
-    # value of top_k, then where(z >= t): one mask for forward and VJP, no scatter), an exact
-    # group-maxima prefilter (top_k of the 256 or 128 group maxima, then of the k·16 or k·32
-    # candidates) all cost 0.89-0.98x its CPU time per step; a 32-pass bisection for the k-th
-    # value is 5x slower alone. XLA:CPU's TopK call is ~60 ms of a ~600 CPU-ms step: the time
-    # is in the step's five [B,d]x[d,F]-sized GEMMs, three of them for the dense decode. What
-    # pays is a sparse decode (Σ_k f_k W_dec[idx_k] from these (values, indices) instead of
-    # f_BF @ W_dec): 1.7x the whole step, same result up to float summation order, which is
-    # what losses.loss_topk does (`decode_sparse`). (Gather-based encoder gradients on top of it
-    # were slower than the dense dW_enc GEMM.)
+    # Exact lax.top_k on every backend: approximate, threshold, prefilter and bisection
+    # selections measured no faster on CPU; the step's time is in its GEMMs, which is why
+    # loss_topk decodes sparsely (experiments/README.md, topk_select_study.py).
     vals_BK, idx_BK = jax.lax.top_k(z_BF, k_max)
     if k is not None:  # top_k sorts descending, so the first k of k_max are the k largest
         keep_K = jnp.arange(k_max) < k
@@ -223,9 +213,9 @@ def batchtopk_select(
     """
     # One exact lax.top_k over the B·F entries (SAELens / dictionary_learning: torch.topk of the
     # flattened acts). ReLU after the selection, as `topk_select`: with fewer than k·B positive
-    # entries the extra picks are zeros. On the 2-core CPU at B = 4096, F = 2048, k = 32 it takes
-    # ~560 ms (per-row top_k of 32: ~120 ms), so a batchtopk step costs ~1.3 s against topk's
-    # ~0.63 s; a per-row top-128 prefilter (~3.9 s) and a full sort (~7.5 s) are far slower.
+    # entries the extra picks are zeros. It costs several times a per-row top_k (a batchtopk step
+    # about twice a topk step on CPU); prefilters and full sorts measured slower still
+    # (experiments/README.md, "batchtopk selection").
     num_s = z_BF.shape[0] * k_max
     vals_S, flat_S = jax.lax.top_k(z_BF.reshape(-1), num_s)
     if k is not None:

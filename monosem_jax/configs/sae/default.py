@@ -28,7 +28,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     # None = the variant's default from the reference implementations (monosem_jax/sae/step.py).
     # Adam peak lr, decaying linearly to 0 over the last lr_decay_frac. 2e-3 suits the 600-step
-    # CPU budget (held-out EV 0.84 at L0 9 on the tiny GPT); long runs use Anthropic's 5e-5.
+    # CPU budget (BUILD.md, "The default SAE"); long runs use Anthropic's 5e-5.
     config.lr = 2e-3
     config.lr_decay_frac = 0.2
     # lambda of the L1 penalty (anthropic_2024, towards_2023, matryoshka)
