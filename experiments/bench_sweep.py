@@ -8,6 +8,7 @@ worse than 1.0.
 
   python experiments/bench_sweep.py                 # a synthetic 600k-row d=128 store
   python experiments/bench_sweep.py --workdir=W     # the pipeline's captured store (W/acts)
+  python experiments/bench_sweep.py --rows=20000 --steps=2 --strategies=vmap   # a code check
 
 Prints one JSON object last with the wall times, the ratio per strategy and the fastest one.
 """
@@ -30,6 +31,7 @@ from monosem_jax.sae import train as sae_train
 
 WORKDIR = flags.DEFINE_string("workdir", "", "Work directory with a captured store (W/acts).")
 STEPS = flags.DEFINE_integer("steps", 100, "Steps per run.")
+ROWS = flags.DEFINE_integer("rows", 600_000, "Rows of the synthetic store.")
 STRATEGIES = flags.DEFINE_list("strategies", ["vmap", "map", "loop"], "Sweep strategies to time.")
 GRID = "l1_coef=2,3,4,5,6,8,10,12"  # 8 members
 
@@ -54,7 +56,7 @@ def main(argv):
             root = os.path.join(tmp, "acts")
             spec = store.StoreSpec(store.kvstore_for(root), sae_default.get_config().hook, 128,
                                    "float32", 65536)
-            x_RD = np.random.default_rng(0).standard_normal((600_000, 128), np.float32)
+            x_RD = np.random.default_rng(0).standard_normal((ROWS.value, 128), np.float32)
             store.write_array(spec, x_RD, {"synthetic": True})
         members = sae_sweep.parse_grid(GRID)
         t = time.perf_counter()

@@ -36,6 +36,7 @@ if REPO not in sys.path:  # run as `python experiments/sae_ground_truth.py` from
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _bench_common import generate_rows, true_dictionary  # noqa: E402
 from absl import logging  # noqa: E402
 
 from monosem_jax import checkpoint  # noqa: E402
@@ -124,69 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------
-# The known dictionary and its activations.
-#
-# Generator logic copied (with one change, below) from /work/shared/bench/make_acts.py, the
-# project's synthetic "SAE-realistic" activation set: x = sum_{j in S} m_j f_j + sigma eps with
-# n_feat random unit directions f_i, |S| ~ Uniform{k_min..k_max}, S drawn without replacement
-# with Zipf-like firing weights p_i ∝ (i + 1)^(-zipf) (shuffled so the index carries no
-# frequency), m_j ~ Exponential(1) * s_i with per-feature scales s_i ~ LogUniform[0.5, 2], and
-# isotropic noise sigma = 0.02 per dimension. The same seed draws the same directions, weights
-# and scales as make_acts.py. The change: make_acts.py samples S by Gumbel-top-k over all n_feat
-# features (n_feat gumbels per row) and builds x with a dense [rows, n_feat] x [n_feat, d] GEMM;
-# here S is the first |S| distinct draws of a with-replacement sequence ∝ p (the same
-# successive-sampling-without-replacement distribution, ~30 uniforms per row) and x is a gather
-# of |S| rows, so 262k rows take seconds instead of a minute on 2 CPU cores. The rows are not
-# bit-identical to make_acts.py's.
+# The known dictionary and its activations: _bench_common's generator (the peer harness's
+# make_acts.py recipe, drawn faster; rows not bit-identical to make_acts.py's).
 # --------------------------------------------------------------------------------------------
-
-
-def true_dictionary(gen: dict):
-    """(unit directions [n_feat, d], firing log-weights [n_feat], magnitude scales [n_feat])."""
-    rng = np.random.default_rng(gen["seed"])
-    feats = rng.standard_normal((gen["n_feat"], gen["d"])).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    logw = -gen["zipf"] * np.log(np.arange(1, gen["n_feat"] + 1, dtype=np.float64))
-    logw = logw[rng.permutation(gen["n_feat"])]
-    fscale = np.exp(rng.uniform(np.log(0.5), np.log(2.0), gen["n_feat"])).astype(np.float32)
-    return feats, logw, fscale, rng
-
-
-def _distinct_draws(rng, cdf: np.ndarray, rows: int, kmax: int) -> np.ndarray:
-    """[rows, kmax] feature ids: each row's first kmax distinct draws of a sequence ∝ weights."""
-    out = np.empty((rows, kmax), np.int64)
-    todo = np.arange(rows)
-    m = 2 * kmax
-    while len(todo):
-        draws = np.searchsorted(cdf, rng.random((len(todo), m)) * cdf[-1], side="right")
-        draws = np.minimum(draws, len(cdf) - 1)
-        earlier = np.tril(np.ones((m, m), bool), -1)  # [j, i]: i < j
-        dup = ((draws[:, :, None] == draws[:, None, :]) & earlier[None]).any(axis=2)
-        ok = (~dup).sum(axis=1) >= kmax  # else redraw the row (vanishingly rare)
-        order = np.argsort(dup, axis=1, kind="stable")  # first occurrences first, in order
-        firsts = np.take_along_axis(draws, order, axis=1)[:, :kmax]
-        out[todo[ok]] = firsts[ok]
-        todo = todo[~ok]
-    return out
-
-
-def generate_rows(gen: dict, feats, logw, fscale, rng, chunk: int = 8192):
-    """Yields float32 [<=chunk, d] rows and accumulates per-feature firing counts."""
-    w = np.exp(logw - logw.max())
-    cdf = np.cumsum(w)
-    kmax = gen["k_max"]
-    counts = np.zeros(gen["n_feat"], np.int64)
-    for start in range(0, gen["rows"], chunk):
-        b = min(chunk, gen["rows"] - start)
-        idx = _distinct_draws(rng, cdf, b, kmax)  # [b, kmax]
-        k = rng.integers(gen["k_min"], gen["k_max"] + 1, size=b)
-        mask = np.arange(kmax)[None, :] < k[:, None]
-        mag = rng.exponential(1.0, size=(b, kmax)).astype(np.float32)
-        mag *= fscale[idx] * mask
-        x = np.einsum("bk,bkd->bd", mag, feats[idx], optimize=True)
-        x += gen["noise"] * rng.standard_normal((b, gen["d"]), dtype=np.float32)
-        np.add.at(counts, idx[mask], 1)
-        yield x.astype(np.float32), counts
 
 
 def build_store(root: str, gen: dict) -> tuple[tuple, dict]:
