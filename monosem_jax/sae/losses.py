@@ -95,11 +95,18 @@ def loss_topk(
     # topk_select_study.py). The dense f is kept for the metrics and dead-feature tracking only.
     vals_BK, idx_BK = model.topk_select(z_BF, cfg.k, hp["k"])
     xhat_BD = model.decode_sparse(params, vals_BK, idx_BK)
-    f_BF = jax.lax.stop_gradient(model.scatter_topk(z_BF, vals_BK, idx_BK))
+    return _mse_and_auxk(params, x_BD, z_BF, xhat_BD, model.scatter_topk(z_BF, vals_BK, idx_BK),
+                         dead_F, hp, cfg)
+
+
+def _mse_and_auxk(params: Params, x_BD, z_BF, xhat_BD, f_BF, dead_F, hp: HParams,
+                  cfg: SAEConfig) -> tuple[jax.Array, Aux]:
+    """The TopK family's loss from its reconstruction: mse + aux_coef · AuxK (f, the dense
+    activations, only for metrics and dead-latent tracking: no gradient)."""
     mse = _mse(x_BD, xhat_BD)
     auxk = auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
-    loss = mse + hp["aux_coef"] * auxk
-    return loss, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk}
+    aux = {"f_BF": jax.lax.stop_gradient(f_BF), "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk}
+    return mse + hp["aux_coef"] * auxk, aux
 
 
 def smallest_kept(vals_S: jax.Array) -> jax.Array:
@@ -121,12 +128,9 @@ def loss_batchtopk(
     z_BF = model.preacts_pre_bias(params, x_BD)
     vals_S, flat_S = model.batchtopk_select(z_BF, cfg.k, hp["k"])
     xhat_BD = model.decode_batch_sparse(params, vals_S, flat_S, x_BD.shape[0])
-    f_BF = jax.lax.stop_gradient(model.scatter_batchtopk(z_BF, vals_S, flat_S))
-    mse = _mse(x_BD, xhat_BD)
-    auxk = auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
-    loss = mse + hp["aux_coef"] * auxk
-    return loss, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk,
-                  "min_kept": smallest_kept(vals_S)}
+    loss, aux = _mse_and_auxk(params, x_BD, z_BF, xhat_BD,
+                              model.scatter_batchtopk(z_BF, vals_S, flat_S), dead_F, hp, cfg)
+    return loss, {**aux, "min_kept": smallest_kept(vals_S)}
 
 
 def loss_towards_2023(
