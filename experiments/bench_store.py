@@ -25,8 +25,9 @@ from absl import app, flags
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store as store_lib
 from monosem_jax.configs.sae import default as sae_default
+from monosem_jax.sae import loop as sae_loop
+from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
-from monosem_jax.sae import train as sae_train
 
 FLAGS = flags.DEFINE_string("workdir", "", "Use W/acts/<hook> instead of a fresh synthetic store.")
 ROWS = flags.DEFINE_integer("rows", 1_000_000, "Rows of the synthetic store.")
@@ -60,12 +61,12 @@ def reader_rows_per_s(st: store_lib.Store, batch_size: int, batches: int, seed: 
 
 
 def sae_rows_per_s(d: int, steps: int) -> tuple[float, dict]:
-    """Rows/s consumed by the default SAE step (anthropic_2024) on device-resident batches."""
+    """Rows/s consumed by the default SAE step on device-resident batches."""
     config = sae_default.get_config()
-    spec = sae_train.run_spec(config, "/nonexistent", d)
-    hp = sae_train.device_hparams(spec)
+    spec = sae_run.run_spec(sae_run.TrainConfig.from_config(config), "/nonexistent", d)
+    hp = spec.device_hparams()
     state = sae_step.init_state(spec.sae_cfg, jax.random.key(0))
-    step_fn = sae_train.compile_step(spec.sae_cfg)
+    step_fn = sae_loop.compile_step(spec.sae_cfg)
     x_BD = jax.device_put(
         np.random.default_rng(1).standard_normal((config.batch_size, d), np.float32)
     )

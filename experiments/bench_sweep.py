@@ -24,10 +24,10 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+import monosem_jax
 from monosem_jax.activations import store
 from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import sweep as sae_sweep
-from monosem_jax.sae import train as sae_train
 
 WORKDIR = flags.DEFINE_string("workdir", "", "Work directory with a captured store (W/acts).")
 STEPS = flags.DEFINE_integer("steps", 100, "Steps per run.")
@@ -42,7 +42,7 @@ def _config(store_root: str, steps: int):
     config.steps = steps
     config.log_every = steps
     config.checkpoint_every = steps
-    config.sweep.grid = GRID
+    config.sweep.grid = (GRID,)
     return config
 
 
@@ -64,7 +64,7 @@ def main(argv):
             config = _config(root, STEPS.value)
             config.name = f"single_{i}"
             config.l1_coef = member["l1_coef"]
-            sae_train.train_sae(config, os.path.join(tmp, "singles"))
+            monosem_jax.train_sae(config, os.path.join(tmp, "singles"))
         singles_s = time.perf_counter() - t
         print(f"8 single runs: {singles_s:.1f}s", flush=True)
         sweeps = {}

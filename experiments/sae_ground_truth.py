@@ -39,11 +39,9 @@ import numpy as np  # noqa: E402
 from _bench_common import generate_rows, true_dictionary  # noqa: E402
 from absl import logging  # noqa: E402
 
-from monosem_jax import checkpoint  # noqa: E402
+import monosem_jax  # noqa: E402
 from monosem_jax.activations import store as store_lib  # noqa: E402
 from monosem_jax.configs.sae import default as sae_default  # noqa: E402
-from monosem_jax.sae import step as sae_step  # noqa: E402
-from monosem_jax.sae import train as sae_train  # noqa: E402
 
 HOOK = "ground_truth"
 VARIANTS = ("anthropic_2024", "topk")
@@ -193,20 +191,9 @@ def sae_config(args, variant: str, root: str):
     return config
 
 
-def restore_params(config, workdir: str, d: int) -> dict:
-    """The trained params from the run's final Orbax checkpoint."""
-    spec = sae_train.run_spec(config, workdir, d)
-    ckpt = checkpoint.Checkpointer(
-        os.path.join(spec.run_dir, "checkpoints"), save_every=config.checkpoint_every
-    )
-    try:
-        abstract = checkpoint.abstract_like(sae_step.init_state(spec.sae_cfg, jax.random.key(0)))
-        restored = ckpt.restore(abstract, step=config.steps)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise RuntimeError(f"no checkpoint at step {config.steps} in {spec.run_dir}")
-    return jax.device_get(restored[0]["params"])
+def restore_params(config, workdir: str) -> dict:
+    """The trained params, loaded like any SAE run (monosem_jax.load_sae)."""
+    return jax.device_get(monosem_jax.load_sae(workdir, config.name).params)
 
 
 def max_cosines(true_ND: np.ndarray, w_dec_FD: np.ndarray) -> np.ndarray:
@@ -229,9 +216,9 @@ def run_variant(args, variant: str, root: str, workdir: str, truth: tuple) -> di
     print(f"--- {variant}: run {config.name}: d_sae {config.d_sae}, {config.steps} steps x "
           f"{config.batch_size} rows, lr {config.lr}, {extra}", flush=True)
     t0 = time.time()
-    summary = sae_train.train_sae(config, workdir)
+    summary = monosem_jax.train_sae(config, workdir)
     wall = time.time() - t0
-    params = restore_params(config, workdir, feats.shape[1])
+    params = restore_params(config, workdir)
     cos = max_cosines(feats, np.asarray(params["w_dec_FD"], np.float32))
     hit = cos >= GOAL
     result = {

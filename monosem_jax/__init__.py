@@ -7,6 +7,7 @@ The public API, imported on first use (``import monosem_jax`` stays light):
   acts_BLF = monosem_jax.feature_acts(sae, x_BLD)            # reported activations, hook units
   xhat_BLD = monosem_jax.reconstruct(sae, x_BLD)
   model_cfg, lm_params, step = monosem_jax.load_lm("runs/default")
+  summary = monosem_jax.train_sae(sae_config, "runs/default")   # config: configs/sae/default.py
   summary = monosem_jax.run_pipeline(config, "runs/default")  # config: configs/pipeline/tiny.py
 """
 
@@ -19,6 +20,7 @@ _API = {
     "feature_acts": ("monosem_jax.sae.artifact", "feature_acts"),
     "reconstruct": ("monosem_jax.sae.artifact", "reconstruct"),
     "load_lm": ("monosem_jax.gpt.artifact", "load_trained"),
+    "train_sae": ("monosem_jax.sae.train", "train_sae"),
     "run_pipeline": ("monosem_jax.pipeline", "run_pipeline"),
 }
 __all__ = sorted(_API)

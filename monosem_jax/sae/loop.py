@@ -115,7 +115,7 @@ def train_members(cfg: sae_run.TrainConfig, st, specs: list[sae_run.RunSpec], *,
         label = specs[0].name if single else f"sweep {os.path.basename(out_dir)}"
         logging.info("resuming SAE %s from checkpoint at step %d", label, start)
 
-    compile_for = functools.partial(_compiled_step, strategy=strategy, num_members=len(specs))
+    compile_for = functools.partial(compile_step, strategy=strategy, num_members=len(specs))
     step_fn = compile_for(sae_cfg)
     settled = _settled(specs)
     settled_fn = compile_for(dataclasses.replace(sae_cfg, k=settled[1])) if settled else step_fn
@@ -153,7 +153,8 @@ def train_members(cfg: sae_run.TrainConfig, st, specs: list[sae_run.RunSpec], *,
                    np.asarray(last["loss"], np.float64).reshape(-1), compilations)
 
 
-def _compiled_step(sae_cfg, *, strategy: str, num_members: int):
+def compile_step(sae_cfg, *, strategy: str = "single", num_members: int = 1):
+    """The jitted step of `num_members` members (state donated)."""
     return jax.jit(members_step(sae_cfg, strategy, num_members), donate_argnums=0)
 
 
