@@ -8,6 +8,9 @@ import os
 import time
 
 import jax
+from absl import logging
+
+from monosem_jax import config_values
 
 
 def _plain(value):
@@ -47,9 +50,23 @@ def config_difference(recorded, wanted, prefix: str = "") -> str | None:
             if diff:
                 return diff
         return None
+    if {type(recorded), type(wanted)} == {str, list}:
+        # A list field as a comma string (recorded before list fields were tuples, or typed on
+        # the command line into an object-typed field such as capture.hooks) and as a list.
+        items = [config_values.str_tuple(prefix.rstrip("."), v) for v in (recorded, wanted)]
+        if len(items[0]) == len(items[1]) and all(map(_same_item, *items)):
+            return None
     if recorded != wanted:
         return f"{prefix.rstrip('.')}: was {recorded!r}, now {wanted!r}"
     return None
+
+
+def _same_item(a: str, b: str) -> bool:
+    """Whether two items of a list field, as text, are the same value (numbers by value)."""
+    try:
+        return a == b or float(a) == float(b)
+    except ValueError:
+        return False
 
 
 def finish_summary(path: str | os.PathLike, summary: dict) -> dict:
@@ -59,6 +76,14 @@ def finish_summary(path: str | os.PathLike, summary: dict) -> dict:
         write_json_atomic(path, summary)
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary
+
+
+def finished_summary(path: str | os.PathLike, what: str) -> dict | None:
+    """A finished stage's summary (`path` exists), printed like a fresh one; else None."""
+    if not os.path.exists(path):
+        return None
+    logging.info("%s already finished (%s); nothing to do", what, path)
+    return finish_summary(path, read_json(path))
 
 
 class MetricsWriter:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import ml_collections
 from absl import logging
 
-from monosem_jax import cli, metrics_io, report
+from monosem_jax import cli, config_values, metrics_io, report
 from monosem_jax.activations import capture
 from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
@@ -50,12 +50,11 @@ def _sae_stage(config, workdir):
 
 def _evaluate_once(eval_config, workdir):
     # monosem-eval alone always recomputes (about a minute); the pipeline skips a finished one.
-    name = metrics_io.resolve_sae_name(workdir, eval_config.sae_name)
-    path = os.path.join(workdir, "eval", f"{name}.json")
-    if os.path.exists(path):
-        logging.info("evaluation of %s already finished (%s); nothing to do", name, path)
-        return metrics_io.finish_summary(path, metrics_io.read_json(path))
-    return evaluate.evaluate(eval_config, workdir)
+    name = metrics_io.resolve_sae_name(workdir, evaluate.eval_config_from(eval_config).sae_name)
+    finished = metrics_io.finished_summary(
+        os.path.join(workdir, "eval", f"{name}.json"), f"evaluation of {name}"
+    )
+    return finished if finished is not None else evaluate.evaluate(eval_config, workdir)
 
 
 def _eval_stage(config, workdir):
@@ -67,7 +66,7 @@ def _compare_stage(config, workdir):
     default's settings (each variant's own coefficients), for the report's side-by-side tables."""
     default_name = config.sae.name or config.sae.variant  # the sae stage's run (run_spec)
     summaries = {}
-    for variant in config.compare_variants:
+    for variant in config_values.str_tuple("compare_variants", config.compare_variants):
         if variant == default_name:
             continue
         sae_config = ml_collections.ConfigDict(config.sae.to_dict())

@@ -18,6 +18,7 @@ import time
 import ml_collections
 
 from monosem_jax import metrics_io
+from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import tokenizer
 
@@ -156,7 +157,8 @@ def _context_line(tok, example: dict) -> str:
 def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Writes W/report.md and W/report/*.png from the stages' outputs."""
     t_start = time.time()
-    name = metrics_io.resolve_sae_name(workdir, config.sae_name)
+    cfg = evaluate.eval_config_from(config)  # the report shows the eval stage's SAE
+    name = metrics_io.resolve_sae_name(workdir, cfg.sae_name)
     report_dir = os.path.join(workdir, "report")
     os.makedirs(report_dir, exist_ok=True)
     eval_path = os.path.join(workdir, "eval", f"{name}.json")

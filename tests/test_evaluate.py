@@ -16,6 +16,7 @@ from monosem_jax.configs.eval import default as eval_default
 from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.sae import model as sae_model
+from monosem_jax.sae.artifact import TrainedSAE
 
 
 def _log_softmax(z):
@@ -125,10 +126,11 @@ def test_exact_splice_recovers_all_and_zero_ablation_hurts(smoke_lm_workdir):
     d, d_mlp = model_cfg.d_model, model_cfg.d_mlp
     sae_cfg, sae_params = _identity_sae(d)
     hook = "blocks.0.hook_resid_post"
-    st = evaluate.EvalStatic(model_cfg, sae_cfg, hook, evaluate.mlp_hook_of(hook), first=0,
+    st = evaluate.EvalStatic(model_cfg, hook, evaluate.mlp_hook_of(hook), first=0,
                              with_concepts=False)
+    sae = TrainedSAE("identity", sae_cfg, sae_params, {}, hook, norm_scale=2.5, step=0)
     aux = {"shift_F": jnp.zeros(2 * d), "shift_U": jnp.zeros(d_mlp + d)}
-    sums = evaluate.batch_sums(lm_params, (sae_params, {}, jnp.float32(2.5)), tokens_BL,
+    sums = evaluate.batch_sums(lm_params, sae, jnp.float32(2.5), tokens_BL,
                                np.ones(8, bool), np.zeros((*tokens_BL.shape, 1), bool), aux, st)
     totals = m.accumulate(None, sums)
     ce = m.ce_finish(totals)
@@ -209,7 +211,7 @@ def test_unlabelled_corpus_and_missing_run(sae_workdir, copy_workdir):
     with pytest.raises(FileNotFoundError):
         evaluate.evaluate(config, workdir)
     config = eval_default.get_config("smoke")
-    config.threshold_rates = "0.5,2"
+    config.threshold_rates = (0.5, 2.0)
     with pytest.raises(ValueError, match="threshold_rates"):
         evaluate.evaluate(config, workdir)
 

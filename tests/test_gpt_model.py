@@ -125,11 +125,11 @@ def test_bad_hooks_and_config_values_are_clear_errors():
         gpt_model.forward(
             SMALL, params, jnp.zeros((1, 4), jnp.int32), capture=["blocks.7.hook_resid_post"]
         )
-    with pytest.raises(ValueError, match="divisible by model.n_heads"):
+    with pytest.raises(ValueError, match="model.n_heads=3 is invalid; valid: a divisor of"):
         gpt_model.GPTConfig(
             vocab_size=10, context_len=8, d_model=10, n_layers=1, n_heads=3, d_mlp=8
         )
-    with pytest.raises(ValueError, match="model.n_layers must be positive"):
+    with pytest.raises(ValueError, match=r"config.model.n_layers=0 is invalid; valid: > 0"):
         gpt_model.GPTConfig(vocab_size=10, context_len=8, d_model=8, n_layers=0, n_heads=2, d_mlp=8)
     with pytest.raises(ValueError, match="positional"):
         gpt_model.GPTConfig(

@@ -114,7 +114,8 @@ def test_max_documents_caps_labels_too(tmp_path):
     text_path, labels_path = _write_corpus(tmp_path, [STORY_0, STORY_1], [SPANS_0, SPANS_1])
     config = _config(text_path, labels_path)
     config.corpus.max_documents = 1
-    texts, spans, concepts, _ = prepare.load_or_generate(config, str(tmp_path / "w" / "corpus"))
+    corpus_cfg, _ = prepare.configs_from(config)
+    texts, spans, concepts, _ = prepare.load_or_generate(corpus_cfg, str(tmp_path / "w" / "corpus"))
     assert texts == [STORY_0] and spans == [tuple(labels.Span(*s) for s in SPANS_0)]
     assert list(concepts) == CONCEPTS  # the whole file's: "place" only occurs in story 1
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from monosem_jax import config_values
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.intervene import splice, steer
 
@@ -114,9 +115,9 @@ def test_bad_input_is_a_clear_error(spliced):
     with pytest.raises(ValueError, match="exceeds the context"):
         splice.tokenize_prompts(spliced, ["Once upon a time"], room=10_000)
     with pytest.raises(ValueError, match="finite"):
-        splice.parse_floats("1,nan", "steer.clamp_values")
+        steer.SteerConfig("", ("Once",), (1,), (1.0, float("nan")))
     with pytest.raises(ValueError, match="numbers"):
-        splice.parse_floats("1,big", "steer.clamp_values")
+        config_values.float_tuple("clamp_values", "1,big")
 
 
 def _cli(workdir, *flags):
@@ -143,13 +144,13 @@ def test_cli_writes_summary_and_rejects_bad_flags(spliced, sae_workdir, copy_wor
     assert os.path.exists(os.path.join(workdir, "steer", "s.md"))
     for flags, message in [
         (["--config.features=99999"], "out of range"),
-        (["--config.features="], "features is empty"),
+        (["--config.features="], "config.features=() is invalid"),
         (["--config.features=3", "--config.prompts=  "], "tokenizes to nothing"),
         (["--config.features=3", "--config.clamp_values=inf"], "finite"),
         (["--config.features=3", "--config.sae_name=nope"], "no SAE run"),
         ([f"--config.features={int(np.argmin(max_F))}"] if max_F.min() <= 0 else
          ["--config.features=3", "--config.scale=median"], "never fire" if max_F.min() <= 0
-         else "scale must be"),
+         else "config.scale='median' is invalid"),
     ]:
         bad = _cli(workdir, *flags)
         assert bad.returncode == 2, (flags, bad.stderr[-1500:])

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import metrics_io
+from monosem_jax import config_values, metrics_io, stage_config
 from monosem_jax.activations import store as store_lib
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import artifact as gpt_artifact
@@ -37,6 +37,8 @@ from monosem_jax.gpt import model as gpt_model
 
 @dataclasses.dataclass(frozen=True)
 class CaptureConfig:
+    """Validated capture settings (monosem_jax/configs/capture/default.py documents each)."""
+
     hooks: tuple[str, ...]
     dtype: str = "float32"
     positions_per_context: int = 0  # 0 = every position; n = n random positions per context
@@ -51,23 +53,17 @@ class CaptureConfig:
     forward_only_batches: int = 8  # batches timed without writing, for forward_only_tokens_per_s
 
     def __post_init__(self):
-        if not self.hooks:
-            raise ValueError("capture.hooks is empty; name at least one hook")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"capture.dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.split not in ("train", "eval"):
-            raise ValueError(f"capture.split must be 'train' or 'eval', got {self.split!r}")
-        for name in ("batch_size", "rows_per_shard", "max_in_flight"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"capture.{name} must be positive, got {getattr(self, name)}")
-        if self.positions_per_context < 0 or self.max_rows < 0:
-            raise ValueError("capture.positions_per_context and capture.max_rows must be >= 0")
+        stage_config.check(bool(self.hooks), "hooks", self.hooks, "one or more hook names")
+        stage_config.one_of("dtype", self.dtype, ("float32", "bfloat16"))
+        stage_config.one_of("split", self.split, ("train", "eval"))
+        stage_config.positive(self, ("batch_size", "rows_per_shard", "max_in_flight"))
+        stage_config.non_negative(self, ("positions_per_context", "max_rows"), note="0 = all")
 
 
 def capture_config_from(config: ml_collections.ConfigDict) -> CaptureConfig:
-    values = config.to_dict()
-    values["hooks"] = tuple(h.strip() for h in values["hooks"].split(",") if h.strip())
-    return CaptureConfig(**values)
+    """The frozen CaptureConfig of a ConfigDict (one clear ValueError per bad value)."""
+    hooks = config_values.str_tuple("hooks", config.hooks)
+    return stage_config.from_config(CaptureConfig, config, hooks=hooks)
 
 
 def store_root(cfg: CaptureConfig, workdir: str) -> dict:

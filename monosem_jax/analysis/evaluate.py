@@ -32,14 +32,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import metrics_io, parallel
+from monosem_jax import batching, config_values, metrics_io, parallel, stage_config
 from monosem_jax.analysis import features, probes
 from monosem_jax.analysis import metrics as m
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.sae import artifact as sae_artifact
-from monosem_jax.sae import model as sae_model
+from monosem_jax.sae.artifact import TrainedSAE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,37 +58,19 @@ class EvalConfig:
     probe: probes.ProbeConfig = probes.ProbeConfig()
 
     def __post_init__(self):
-        if self.split not in dataset.SPLITS:
-            raise ValueError(f"eval.split must be one of {dataset.SPLITS}, got {self.split!r}")
-        for name in ("batch_size", "threshold_sample_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"eval.{name} must be positive, got {getattr(self, name)}")
-        if self.max_tokens < 0:
-            raise ValueError(f"eval.max_tokens must be >= 0 (0 = all), got {self.max_tokens}")
-        if not self.threshold_rates or not all(0 < r < 1 for r in self.threshold_rates):
-            raise ValueError(
-                f"eval.threshold_rates must be fractions in (0, 1), got {self.threshold_rates}"
-            )
+        stage_config.one_of("split", self.split, dataset.SPLITS)
+        stage_config.positive(self, ("batch_size", "threshold_sample_tokens"))
+        stage_config.non_negative(self, ("max_tokens",), note="0 = all")
+        stage_config.check(bool(self.threshold_rates)
+                           and all(0 < r < 1 for r in self.threshold_rates),
+                           "threshold_rates", self.threshold_rates, "fractions in (0, 1)")
 
 
 def eval_config_from(config: ml_collections.ConfigDict) -> EvalConfig:
     """The frozen EvalConfig of a ConfigDict (one clear ValueError per bad value)."""
-    try:
-        rates = tuple(float(r) for r in str(config.threshold_rates).split(",") if r.strip())
-    except ValueError as e:
-        raise ValueError(
-            "eval.threshold_rates must be comma-separated fractions, "
-            f"got {config.threshold_rates!r}"
-        ) from e
-    return EvalConfig(
-        sae_name=config.sae_name,
-        split=config.split,
-        max_tokens=config.max_tokens,
-        batch_size=config.batch_size,
-        exclude_first=config.exclude_first,
-        threshold_rates=rates,
-        threshold_sample_tokens=config.threshold_sample_tokens,
-        recovered_f1=config.recovered_f1,
+    return stage_config.from_config(
+        EvalConfig, config,
+        threshold_rates=config_values.float_tuple("threshold_rates", config.threshold_rates),
         probe=probes.probe_config_from(config),
     )
 
@@ -98,7 +80,6 @@ class EvalStatic:
     """Hashable settings of the jitted batch functions."""
 
     model_cfg: gpt_model.GPTConfig
-    sae_cfg: sae_model.SAEConfig
     hook: str
     mlp_hook: str
     first: int  # first position evaluated in each context
@@ -113,42 +94,48 @@ def mlp_hook_of(hook: str) -> str:
     return f"blocks.{match.group(1)}.hook_mlp_post"
 
 
-def _encode(st: EvalStatic, lm_params, sae_arrays, tokens_BL, valid_B):
-    """Clean logits, hook acts [B, L, D], neurons [N, M], f [N, F], x̂ [B, L, D], mask [N]."""
-    sae_params, sae_hp, norm_scale = sae_arrays
+# The jitted functions take the SAE's norm_scale traced (a float32 array), beside the pytree
+# whose own norm_scale is static: as a compile-time constant XLA would fold x·c/c and turn /c
+# into ·(1/c), moving the last bits of the sums.
+
+
+def _encode(st: EvalStatic, lm_params, sae: TrainedSAE, norm_scale, tokens_BL, valid_B):
+    """Clean logits, hook acts [B, L, D], neurons [N, M], reported features [N, F], x̂ [B, L, D]
+    and the mask [B, L]."""
+    sae = dataclasses.replace(sae, norm_scale=norm_scale)
     logits_BLV, cap = gpt_model.forward(
         st.model_cfg, lm_params, tokens_BL, capture=(st.hook, st.mlp_hook)
     )
     x_BLD = cap[st.hook].astype(jnp.float32)
     neurons_NM = cap[st.mlp_hook].astype(jnp.float32).reshape(-1, st.model_cfg.d_mlp)
-    f_NF = sae_model.encode(st.sae_cfg, sae_params, x_BLD.reshape(-1, x_BLD.shape[-1]) * norm_scale,
-                            sae_hp)
-    xhat_BLD = (sae_model.decode(sae_params, f_NF) / norm_scale).reshape(x_BLD.shape)
+    feats_NF = sae_artifact.feature_acts(sae, x_BLD).reshape(-1, sae.sae_cfg.d_sae)
+    xhat_BLD = sae_artifact.reconstruct(sae, x_BLD)
     length = tokens_BL.shape[1]
     mask_BL = (jnp.arange(length) >= st.first)[None] & valid_B[:, None]
-    return logits_BLV, x_BLD, neurons_NM, f_NF, xhat_BLD, mask_BL
+    return logits_BLV, x_BLD, neurons_NM, feats_NF, xhat_BLD, mask_BL
 
 
 @functools.partial(jax.jit, static_argnames="st")
-def _sample_units(lm_params, sae_arrays, tokens_BL, valid_B, st: EvalStatic):
+def _sample_units(lm_params, sae: TrainedSAE, norm_scale, tokens_BL, valid_B, st: EvalStatic):
     """Reported features [N, F], units (neurons then hook dims) [N, M + D] and the mask [N]."""
-    _, x_BLD, neurons_NM, f_NF, _, mask_BL = _encode(st, lm_params, sae_arrays, tokens_BL, valid_B)
-    feats_NF = f_NF * sae_model.decoder_norms(sae_arrays[0])[None]
+    _, x_BLD, neurons_NM, feats_NF, _, mask_BL = _encode(
+        st, lm_params, sae, norm_scale, tokens_BL, valid_B
+    )
     units_NU = jnp.concatenate([neurons_NM, x_BLD.reshape(-1, x_BLD.shape[-1])], axis=1)
     return feats_NF, units_NU, mask_BL.reshape(-1)
 
 
 @functools.partial(jax.jit, static_argnames="st")
-def batch_sums(lm_params, sae_arrays, tokens_BL, valid_B, labels_BLC, aux, st: EvalStatic):
+def batch_sums(lm_params, sae: TrainedSAE, norm_scale, tokens_BL, valid_B, labels_BLC, aux,
+               st: EvalStatic):
     """Every streamed sum of one batch (see the module docstring).
 
-    sae_arrays = (params, hparams, norm_scale); valid_B masks padded contexts; aux holds the
-    correlation shifts and the detection thresholds (`_thresholds_and_shifts`).
+    valid_B masks padded contexts; aux holds the correlation shifts and the detection
+    thresholds (`_thresholds_and_shifts`).
     """
-    logits_BLV, x_BLD, neurons_NM, f_NF, xhat_BLD, mask_BL = _encode(
-        st, lm_params, sae_arrays, tokens_BL, valid_B
+    logits_BLV, x_BLD, neurons_NM, feats_NF, xhat_BLD, mask_BL = _encode(
+        st, lm_params, sae, norm_scale, tokens_BL, valid_B
     )
-    sae_params, _, norm_scale = sae_arrays
     splice_1L1 = (jnp.arange(tokens_BL.shape[1]) >= st.first)[None, :, None]
     spliced_BLV, _ = gpt_model.forward(
         st.model_cfg, lm_params, tokens_BL,
@@ -172,7 +159,7 @@ def batch_sums(lm_params, sae_arrays, tokens_BL, valid_B, labels_BLC, aux, st: E
     # Reconstruction in SAE input units (as the SAE stage's summary reports mse).
     err_ND = jnp.where(mask_N[:, None], (x_ND - xhat_BLD.reshape(x_ND.shape)) * norm_scale, 0.0)
     xs_ND = jnp.where(mask_N[:, None], x_ND * norm_scale, 0.0)
-    fires_NF = (f_NF > 0) & mask_N[:, None]
+    fires_NF = (feats_NF > 0) & mask_N[:, None]
     sums.update(
         sse=jnp.sum(err_ND**2),
         sum_sq=jnp.sum(xs_ND**2),
@@ -180,7 +167,6 @@ def batch_sums(lm_params, sae_arrays, tokens_BL, valid_B, labels_BLC, aux, st: E
         active=jnp.sum(fires_NF.astype(jnp.float32)),
         fires_F=jnp.sum(fires_NF.astype(jnp.float32), axis=0),
     )
-    feats_NF = f_NF * sae_model.decoder_norms(sae_params)[None]
     units_NU = jnp.concatenate([neurons_NM, x_ND], axis=1)
     sums.update(m.corr_chunk(feats_NF, units_NU, aux["shift_F"], aux["shift_U"], mask_N))
     if st.with_concepts:
@@ -240,20 +226,16 @@ def concept_bits(labels_BL: np.ndarray, num_concepts: int) -> np.ndarray:
 def _batches(windows_WL: np.ndarray, labels_WL: np.ndarray, num_concepts: int, batch_size: int,
              mesh):
     """(tokens [B, L], valid [B], labels [B, L, C]) split over 'data'; the last batch padded."""
-    for first in range(0, windows_WL.shape[0], batch_size):
-        tokens_BL = windows_WL[first : first + batch_size]
-        labels_BL = labels_WL[first : first + batch_size]
-        n = tokens_BL.shape[0]
-        valid_B = np.arange(batch_size) < n
-        if n < batch_size:  # one compiled shape; padded rows are masked out of every sum
-            pad = batch_size - n
-            tokens_BL = np.concatenate([tokens_BL, np.repeat(tokens_BL[-1:], pad, 0)])
-            labels_BL = np.concatenate([labels_BL, np.repeat(labels_BL[-1:], pad, 0)])
+    # One compiled shape; padded rows are masked out of every sum.
+    for first, tokens_BL, n in batching.fixed_batches(windows_WL, batch_size):
+        labels_BL, _ = batching.pad_rows(labels_WL[first : first + batch_size], batch_size)
+        valid_B = batching.valid_rows(n, batch_size)
         batch = (tokens_BL, valid_B, concept_bits(labels_BL, num_concepts))
         yield tuple(parallel.global_batch(mesh, x) for x in batch)
 
 
-def _thresholds_and_shifts(lm_params, sae_arrays, windows_WL, cfg: EvalConfig, st, mesh):
+def _thresholds_and_shifts(lm_params, sae: TrainedSAE, norm_scale, windows_WL, cfg: EvalConfig,
+                           st, mesh):
     """Per-unit detection thresholds and correlation shifts from a strided token sample."""
     per_window = windows_WL.shape[1] - st.first
     count = min(windows_WL.shape[0], -(-cfg.threshold_sample_tokens // per_window))
@@ -263,7 +245,7 @@ def _thresholds_and_shifts(lm_params, sae_arrays, windows_WL, cfg: EvalConfig, s
     for tokens_BL, valid_B, _ in _batches(windows_WL[picked_W], no_labels_WL, 1, cfg.batch_size,
                                           mesh):
         feats_NF, units_NU, mask_N = jax.device_get(
-            _sample_units(lm_params, sae_arrays, tokens_BL, valid_B, st)
+            _sample_units(lm_params, sae, norm_scale, tokens_BL, valid_B, st)
         )
         feats.append(feats_NF[mask_N])
         units.append(units_NU[mask_N])
@@ -341,21 +323,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         labels_WL = np.asarray(split.labels_N[: windows_WL.size]).reshape(windows_WL.shape)
     else:  # one dummy concept keeps the batch shapes; its counts are never computed
         labels_WL = np.zeros(windows_WL.shape, np.uint32)
-    st = EvalStatic(model_cfg, sae.sae_cfg, sae.hook, mlp_hook_of(sae.hook), first, with_concepts)
+    st = EvalStatic(model_cfg, sae.hook, mlp_hook_of(sae.hook), first, with_concepts)
     # Contexts split over the mesh's devices, everything else replicated (one process).
     mesh = parallel.make_mesh()
-    lm_params, sae_arrays = jax.device_put(
-        (lm_params, (sae.params, sae.hparams, jnp.float32(sae.norm_scale))),
-        parallel.replicated(mesh),
+    lm_params, sae, norm_scale = jax.device_put(
+        (lm_params, sae, jnp.float32(sae.norm_scale)), parallel.replicated(mesh)
     )
 
-    aux = _thresholds_and_shifts(lm_params, sae_arrays, windows_WL, cfg, st, mesh)
+    aux = _thresholds_and_shifts(lm_params, sae, norm_scale, windows_WL, cfg, st, mesh)
     aux = jax.device_put(aux, parallel.replicated(mesh))
     totals, t_loop, done = None, time.time(), 0
     batches = _batches(windows_WL, labels_WL, len(concepts) if with_concepts else 1,
                        cfg.batch_size, mesh)
     for tokens_BL, valid_B, labels_BLC in batches:
-        sums = batch_sums(lm_params, sae_arrays, tokens_BL, valid_B, labels_BLC, aux, st)
+        sums = batch_sums(lm_params, sae, norm_scale, tokens_BL, valid_B, labels_BLC, aux, st)
         totals = m.accumulate(totals, sums)
         done = min(done + cfg.batch_size, windows_WL.shape[0])
         if done % (8 * cfg.batch_size) == 0 or done == windows_WL.shape[0]:

@@ -30,6 +30,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from monosem_jax import config_values, stage_config
+
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
@@ -43,28 +45,20 @@ class ProbeConfig:
     ks: tuple[int, ...] = (1, 2, 5)
 
     def __post_init__(self):
-        if self.tokens < 0:
-            raise ValueError(f"eval.probe_tokens must be >= 0 (0 = all), got {self.tokens}")
-        if not 0 < self.train_fraction < 1:
-            raise ValueError(f"eval.probe_train_fraction must be in (0, 1), got "
-                             f"{self.train_fraction}")
-        if self.l2 < 0 or self.steps <= 0:
-            raise ValueError(f"eval.probe_l2 must be >= 0 and eval.probe_steps > 0, got "
-                             f"{self.l2}, {self.steps}")
-        if not self.ks or any(int(k) <= 0 for k in self.ks):
-            raise ValueError(f"eval.probe_ks must be positive integers, got {self.ks}")
+        # Each field is the eval config's probe_<field>.
+        stage_config.non_negative(self, ("tokens",), "probe_", note="0 = all")
+        stage_config.check(0 < self.train_fraction < 1, "probe_train_fraction",
+                           self.train_fraction, "a fraction in (0, 1)")
+        stage_config.non_negative(self, ("l2",), "probe_")
+        stage_config.positive(self, ("steps",), "probe_")
+        stage_config.check(bool(self.ks) and all(int(k) > 0 for k in self.ks), "probe_ks",
+                           self.ks, "positive integers")
 
 
 def probe_config_from(config: ml_collections.ConfigDict) -> ProbeConfig:
     """The ProbeConfig of the eval ConfigDict's `probe_*` fields."""
-    return ProbeConfig(
-        tokens=config.probe_tokens,
-        train_fraction=config.probe_train_fraction,
-        seed=config.probe_seed,
-        l2=config.probe_l2,
-        steps=config.probe_steps,
-        ks=tuple(sorted({int(k) for k in config.probe_ks})),
-    )
+    ks = config_values.int_tuple("probe_ks", config.probe_ks)
+    return stage_config.from_config(ProbeConfig, config, "probe_", ks=tuple(sorted(set(ks))))
 
 
 def split_windows(num_windows: int, per_window: int, cfg: ProbeConfig):

@@ -15,6 +15,7 @@ inside the data files as well, so no text can end a script or form markup.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import metrics_io
+from monosem_jax import metrics_io, stage_config
 from monosem_jax.analysis import features as features_lib
 from monosem_jax.analysis import interpret as interp
 from monosem_jax.corpus import dataset, tokenizer
@@ -226,23 +227,48 @@ def read_index(browser_dir: str) -> dict | None:
     return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
 
 
-def interpret_config_from(config: ml_collections.ConfigDict) -> interp.InterpretConfig:
-    """The library's frozen config; one clear ValueError per bad value."""
-    for name in ("top_n", "sample_size", "quantile_bins", "per_bin", "logit_top", "batch_size"):
-        if config[name] <= 0:
-            raise ValueError(f"browse config: {name} must be > 0, got {config[name]}")
-    for name in ("context_before", "context_after", "max_tokens", "max_features"):
-        if config[name] < 0:
-            raise ValueError(f"browse config: {name} must be >= 0, got {config[name]}")
-    return interp.InterpretConfig(
-        top_n=config.top_n,
-        context_before=config.context_before,
-        context_after=config.context_after,
-        quantile_bins=config.quantile_bins,
-        per_bin=config.per_bin,
-        sample_size=config.sample_size,
-        logit_top=config.logit_top,
-    )
+@dataclasses.dataclass(frozen=True)
+class BrowseConfig:
+    """Validated settings of `monosem-browse` (configs/browse/default.py documents each)."""
+
+    sae_name: str = ""
+    split: str = "eval"
+    max_tokens: int = 131072
+    batch_size: int = 16
+    max_features: int = 0
+    top_n: int = 20
+    context_before: int = 24
+    context_after: int = 8
+    quantile_bins: int = 4
+    per_bin: int = 3
+    sample_size: int = 32
+    logit_top: int = 10
+    label_min_f1: float = 0.3
+
+    def __post_init__(self):
+        stage_config.one_of("split", self.split, dataset.SPLITS)
+        stage_config.positive(
+            self, ("top_n", "sample_size", "quantile_bins", "per_bin", "logit_top", "batch_size")
+        )
+        stage_config.non_negative(self, ("context_before", "context_after"))
+        stage_config.non_negative(self, ("max_tokens", "max_features"), note="0 = all")
+
+    def interpret(self) -> interp.InterpretConfig:
+        """The interpretation library's settings."""
+        return interp.InterpretConfig(
+            top_n=self.top_n,
+            context_before=self.context_before,
+            context_after=self.context_after,
+            quantile_bins=self.quantile_bins,
+            per_bin=self.per_bin,
+            sample_size=self.sample_size,
+            logit_top=self.logit_top,
+        )
+
+
+def browse_config_from(config: ml_collections.ConfigDict) -> BrowseConfig:
+    """The frozen BrowseConfig of a ConfigDict (one clear ValueError per bad value)."""
+    return stage_config.from_config(BrowseConfig, config)
 
 
 def _logit_effects(model_cfg, lm_params, sae, num_features, vocab_size, top):
@@ -269,28 +295,31 @@ def _replace_dir(tmp_dir: str, out_dir: str) -> None:
 def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Interprets every feature of W/sae/<sae_name> and writes the browser to W/browser."""
     t_start = time.time()
-    cfg = interpret_config_from(config)
+    browse_cfg = browse_config_from(config)
+    cfg = browse_cfg.interpret()
     out_dir = os.path.join(workdir, "browser")
     summary_path = os.path.join(out_dir, "summary.json")
-    recorded = json.loads(config.to_json())
+    recorded = dataclasses.asdict(browse_cfg)
     config_path = os.path.join(out_dir, "config.json")
     if (
         os.path.exists(summary_path)
         and os.path.exists(config_path)
         and (metrics_io.read_json(config_path) == recorded)
     ):
-        logging.info("browser for %s already written; nothing to do", config.sae_name)
+        logging.info("browser for %s already written; nothing to do", browse_cfg.sae_name)
         return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
-    sae = sae_artifact.load_sae(workdir, config.sae_name)  # "" = the pipeline's SAE
+    sae = sae_artifact.load_sae(workdir, browse_cfg.sae_name)  # "" = the pipeline's SAE
     model_cfg, lm_params, _ = gpt_artifact.load_trained(workdir)
     gpt_model.check_hooks(model_cfg, [sae.hook])
     data_dir = os.path.join(workdir, "data")
     length = model_cfg.context_len
-    windows_WL = features_lib.windows(workdir, config.split, length, config.max_tokens)
+    windows_WL = features_lib.windows(workdir, browse_cfg.split, length, browse_cfg.max_tokens)
     if windows_WL.shape[0] == 0:
-        raise ValueError(f"the {config.split} split has fewer than {length} tokens; use more data")
+        raise ValueError(
+            f"the {browse_cfg.split} split has fewer than {length} tokens; use more data"
+        )
     meta = dataset.load_meta(data_dir)
-    labels_N = dataset.load_split(data_dir, config.split).labels_N
+    labels_N = dataset.load_split(data_dir, browse_cfg.split).labels_N
     concepts = meta.get("concepts") if labels_N is not None else None
     labels_WL = None
     if concepts:
@@ -308,8 +337,8 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
         labels_WL,
         len(concepts) if concepts else None,
         cfg,
-        config.batch_size,
-        config.max_features,
+        browse_cfg.batch_size,
+        browse_cfg.max_features,
         progress,
     )
     num_features = stats.count_F.shape[0]
@@ -320,7 +349,9 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tmp_dir = f"{out_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     records = (
-        feature_record(i, stats, effects, windows_WL, cfg, vocab, concepts, config.label_min_f1)
+        feature_record(
+            i, stats, effects, windows_WL, cfg, vocab, concepts, browse_cfg.label_min_f1
+        )
         for i in range(num_features)
     )
     site_meta = {
@@ -332,7 +363,7 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     written = write_site(tmp_dir, site_meta, records, vocab)
     labelled = 0
     if stats.f1_FC is not None and stats.f1_FC.size:
-        labelled = int((stats.f1_FC.max(1) >= config.label_min_f1).sum())
+        labelled = int((stats.f1_FC.max(1) >= browse_cfg.label_min_f1).sum())
     summary = {
         "sae_name": sae.name,
         "hook": sae.hook,

@@ -6,6 +6,7 @@ corpus), `W/tokenizer.json` and `W/data/` (see dataset.py), then `W/corpus/summa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -13,8 +14,41 @@ import time
 import ml_collections
 from absl import logging
 
-from monosem_jax import metrics_io
+from monosem_jax import metrics_io, stage_config
 from monosem_jax.corpus import dataset, generator, labels, loaders, tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """The corpus section (monosem_jax/configs/pipeline/tiny.py documents each field)."""
+
+    path: str = ""  # "" = generate the labelled synthetic corpus
+    format: str = "auto"
+    num_stories: int = 20_000
+    french_fraction: float = 0.15
+    seed: int = 0
+    max_documents: int = 0
+    labels: str = ""  # a config from before the field reads as unlabelled
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """The tokenizer section."""
+
+    vocab_size: int = 2048
+    eval_fraction: float = 0.05
+    split_seed: int = 0
+
+
+def configs_from(config: ml_collections.ConfigDict) -> tuple[CorpusConfig, TokenizerConfig]:
+    """The corpus stage's frozen configs of a pipeline ConfigDict (one ValueError per bad value);
+    the tokenizer's vocabulary must fit the LM's (lm.model.vocab_size)."""
+    corpus = stage_config.from_config(CorpusConfig, config.corpus)
+    tok = stage_config.from_config(TokenizerConfig, config.tokenizer)
+    lm_vocab = config.lm.model.vocab_size
+    stage_config.check(tok.vocab_size <= lm_vocab, "tokenizer.vocab_size", tok.vocab_size,
+                       f"at most lm.model.vocab_size={lm_vocab}")
+    return corpus, tok
 
 
 def _file_sha256(path: str) -> str:
@@ -27,7 +61,7 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _real_corpus(cfg: ml_collections.ConfigDict):
+def _real_corpus(cfg: CorpusConfig):
     """(texts, spans or None, concepts, provenance) of `corpus.path` [+ `corpus.labels`].
 
     Everything is read and checked here, before the stage writes anything. The labels are checked
@@ -38,7 +72,7 @@ def _real_corpus(cfg: ml_collections.ConfigDict):
     texts = loaders.load_texts(path, cfg.format)
     provenance = {"source": path, "source_sha256": _file_sha256(path)}
     spans, concepts = None, ()
-    if cfg.get("labels"):  # .get: a config from before the field reads as unlabelled
+    if cfg.labels:
         labels_path = os.path.abspath(os.path.expanduser(cfg.labels))
         spans, concepts = labels.load_labels(labels_path, texts, corpus=path)
         provenance.update(labels=labels_path, labels_sha256=_file_sha256(labels_path))
@@ -50,12 +84,11 @@ def _real_corpus(cfg: ml_collections.ConfigDict):
     return texts, spans, concepts, provenance
 
 
-def load_or_generate(config: ml_collections.ConfigDict, corpus_dir: str):
+def load_or_generate(cfg: CorpusConfig, corpus_dir: str):
     """(texts, spans per text or None, concept names, provenance dict)."""
-    cfg = config.corpus
     if cfg.path:
         return _real_corpus(cfg)
-    if cfg.get("labels"):
+    if cfg.labels:
         raise ValueError(
             f"corpus.labels={cfg.labels!r} needs corpus.path: the generated corpus writes its own "
             "labels (W/corpus/labels.jsonl); set corpus.path to the stories the labels belong to, "
@@ -76,22 +109,18 @@ def load_or_generate(config: ml_collections.ConfigDict, corpus_dir: str):
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the corpus stage into `workdir` (a no-op when its summary exists)."""
     t_start = time.time()
+    corpus_cfg, tok_cfg = configs_from(config)
     corpus_dir = os.path.join(workdir, "corpus")
     summary_path = os.path.join(corpus_dir, "summary.json")
-    if os.path.exists(summary_path):
-        logging.info("corpus stage already finished (%s); nothing to do", summary_path)
-        return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
-    if config.tokenizer.vocab_size > config.lm.model.vocab_size:
-        raise ValueError(
-            f"tokenizer.vocab_size={config.tokenizer.vocab_size} exceeds "
-            f"lm.model.vocab_size={config.lm.model.vocab_size}"
-        )
+    finished = metrics_io.finished_summary(summary_path, "corpus stage")
+    if finished is not None:
+        return finished
     # Read and check every input before writing anything: a bad labels file costs nothing in W.
-    texts, spans, concepts, provenance = load_or_generate(config, corpus_dir)
+    texts, spans, concepts, provenance = load_or_generate(corpus_cfg, corpus_dir)
     os.makedirs(workdir, exist_ok=True)
     logging.info("corpus: %d documents, %d characters", len(texts), sum(map(len, texts)))
     t_tok = time.time()
-    tok = tokenizer.train_tokenizer(texts, config.tokenizer.vocab_size)
+    tok = tokenizer.train_tokenizer(texts, tok_cfg.vocab_size)
     tokenizer.save_tokenizer(tok, os.path.join(workdir, "tokenizer.json"))
     logging.info("tokenizer: %d tokens trained in %.1fs", tok.get_vocab_size(), time.time() - t_tok)
     meta = dataset.build_dataset(
@@ -99,8 +128,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
         texts,
         spans,
         concepts,
-        config.tokenizer.eval_fraction,
-        config.tokenizer.split_seed,
+        tok_cfg.eval_fraction,
+        tok_cfg.split_seed,
         os.path.join(workdir, "data"),
     )
     summary = {

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from monosem_jax import stage_config
+
 HOOK_KINDS = (
     "hook_resid_pre",
     "hook_attn_out",
@@ -54,23 +56,16 @@ class GPTConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "context_len", "d_model", "n_layers", "n_heads", "d_mlp"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
-            )
-        if self.positional not in ("learned", "rope"):
-            raise ValueError(
-                f"model.positional must be 'learned' or 'rope', got {self.positional!r}"
-            )
-        if self.positional == "rope" and (self.d_model // self.n_heads) % 2:
-            raise ValueError("model.positional='rope' needs an even head dimension")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(
-                f"model.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}"
-            )
+        sizes = ("vocab_size", "context_len", "d_model", "n_layers", "n_heads", "d_mlp")
+        stage_config.positive(self, sizes, "model.")
+        stage_config.check(self.d_model % self.n_heads == 0, "model.n_heads", self.n_heads,
+                           f"a divisor of model.d_model={self.d_model}")
+        stage_config.one_of("model.positional", self.positional, ("learned", "rope"))
+        stage_config.check(self.positional != "rope" or (self.d_model // self.n_heads) % 2 == 0,
+                           "model.positional", self.positional,
+                           f"'learned' (rope needs an even head dimension, not "
+                           f"{self.d_model // self.n_heads})")
+        stage_config.one_of("model.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
 
     @property
     def d_head(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from monosem_jax import checkpoint, metrics_io, parallel
+from monosem_jax import checkpoint, metrics_io, parallel, stage_config
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import context_probe, data
 from monosem_jax.gpt import model as gpt_model
@@ -47,28 +47,14 @@ class TrainConfig:
     top_k: int = 40
 
     def __post_init__(self):
-        positive = (
-            "steps",
-            "batch_size",
-            "log_every",
-            "eval_every",
-            "eval_tokens",
-            "checkpoint_every",
-            "max_to_keep",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(
-                f"train.warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps}"
-            )
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("train.weight_decay must be >= 0 and train.grad_clip > 0")
+        positive = ("steps", "batch_size", "log_every", "eval_every", "eval_tokens",
+                    "checkpoint_every", "max_to_keep", "learning_rate", "grad_clip")
+        stage_config.positive(self, positive, "train.")
+        stage_config.check(0 <= self.warmup_steps < self.steps, "train.warmup_steps",
+                           self.warmup_steps, f"in [0, train.steps={self.steps})")
+        stage_config.check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio,
+                           "in [0, 1]")
+        stage_config.non_negative(self, ("weight_decay",), "train.")
 
 
 def configs_from(config: ml_collections.ConfigDict) -> tuple[gpt_model.GPTConfig, TrainConfig]:
@@ -198,9 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model_cfg, cfg = configs_from(config)
     lm_dir = os.path.join(workdir, "lm")
     summary_path = os.path.join(lm_dir, "summary.json")
-    if os.path.exists(summary_path):
-        logging.info("LM stage already finished (%s); nothing to do", summary_path)
-        return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
+    finished = metrics_io.finished_summary(summary_path, "LM stage")
+    if finished is not None:
+        return finished
 
     data_dir = os.path.join(workdir, "data")
     meta = dataset.load_meta(data_dir)

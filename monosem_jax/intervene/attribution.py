@@ -33,9 +33,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from monosem_jax import metrics_io
+from monosem_jax import metrics_io, stage_config
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.intervene import splice
+from monosem_jax.sae import artifact as sae_artifact
 
 TARGETS_HELP = (
     "'loss' (mean next-token CE over the prompt), 'loss:last' (CE of the prompt's last token), "
@@ -143,7 +144,7 @@ def clean(static: Static, arrays: tuple, tokens_L: jax.Array) -> tuple[jax.Array
     logits_1LV, captured = gpt_model.forward(
         static.model_cfg, arrays[0], tokens_L[None], capture=[arrays[1].hook]
     )
-    a_LF = splice.feature_acts(arrays[1], captured[arrays[1].hook])[0]
+    a_LF = sae_artifact.feature_acts(arrays[1], captured[arrays[1].hook])[0]
     if static.exclude_first:
         a_LF = a_LF.at[0].set(0.0)
     return a_LF, target_value(static.target, logits_1LV[0], tokens_L)
@@ -262,10 +263,26 @@ def scatter_plot(path: str, attribution_K: np.ndarray, ablation_K: np.ndarray, t
 # ----------------------------------------------------------------------------- the binary
 
 
-def _output_name(config: ml_collections.ConfigDict, sae_name: str) -> str:
-    if config.name:
-        return str(config.name)
-    digest = hashlib.sha1(f"{config.prompt}\0{config.target}".encode()).hexdigest()[:8]
+@dataclasses.dataclass(frozen=True)
+class AttributionConfig:
+    """Validated settings of `monosem-attribute` (configs/attribution/default.py documents each)."""
+
+    sae_name: str = ""
+    prompt: str = ""
+    target: str = "loss"  # parsed by parse_target once the tokenizer is loaded
+    chunk: int = 64
+    top: int = 20
+    exclude_first: bool = True
+    name: str = ""
+
+    def __post_init__(self):
+        stage_config.positive(self, ("chunk", "top"))
+
+
+def _output_name(cfg: AttributionConfig, sae_name: str) -> str:
+    if cfg.name:
+        return cfg.name
+    digest = hashlib.sha1(f"{cfg.prompt}\0{cfg.target}".encode()).hexdigest()[:8]
     return f"{sae_name}_{digest}"
 
 
@@ -287,17 +304,13 @@ def top_rows(result: Result, top: int) -> list[dict]:
 def attribute_prompt(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """monosem-attribute: one prompt's attribution vs ablation, to W/attribution/<name>.json."""
     t_start = time.time()
-    chunk, top = int(config.chunk), int(config.top)
-    if chunk <= 0:
-        raise ValueError(f"config.chunk must be positive, got {config.chunk}")
-    if top <= 0:
-        raise ValueError(f"config.top must be positive, got {config.top}")
-    model = splice.load(workdir, config.sae_name)
-    target = parse_target(model, config.target)
-    tokens_1L, _ = splice.tokenize_prompts(model, [config.prompt])
-    bound = bind(model, target, bool(config.exclude_first))
-    result = attribute(bound, tokens_1L[0], chunk)
-    rows = top_rows(result, top)
+    cfg = stage_config.from_config(AttributionConfig, config)
+    model = splice.load(workdir, cfg.sae_name)
+    target = parse_target(model, cfg.target)
+    tokens_1L, _ = splice.tokenize_prompts(model, [cfg.prompt])
+    bound = bind(model, target, cfg.exclude_first)
+    result = attribute(bound, tokens_1L[0], cfg.chunk)
+    rows = top_rows(result, cfg.top)
 
     print(f"{model.sae.name} @ {model.hook}; target: {describe_target(model, target)} "
           f"= {result.value:.4f}; {result.ids_K.size} active features")
@@ -308,7 +321,7 @@ def attribute_prompt(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     out_dir = os.path.join(workdir, "attribution")
     os.makedirs(out_dir, exist_ok=True)
-    name = _output_name(config, model.sae.name)
+    name = _output_name(cfg, model.sae.name)
     png = os.path.join(out_dir, f"{name}.png")
     scatter_plot(
         png, result.attribution_K, result.ablation_K,
@@ -318,7 +331,7 @@ def attribute_prompt(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {
         "sae_name": model.sae.name,
         "hook": model.hook,
-        "target": str(config.target),
+        "target": cfg.target,
         "target_value": result.value,
         "num_tokens": int(tokens_1L.shape[1]),
         "active_features": int(result.ids_K.size),
@@ -331,9 +344,9 @@ def attribute_prompt(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     metrics_io.write_json_atomic(summary["json"], {
         **summary,
-        "prompt": str(config.prompt),
+        "prompt": cfg.prompt,
         "tokens": tokens_1L[0].tolist(),
-        "exclude_first": bool(config.exclude_first),
+        "exclude_first": cfg.exclude_first,
         "features": result.ids_K.tolist(),
         "attribution": result.attribution_K.tolist(),
         "ablation": result.ablation_K.tolist(),

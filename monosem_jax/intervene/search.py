@@ -1,8 +1,8 @@
 """Feature search (Scaling Monosemanticity, "Searching for specific features"): which SAE
 features fire on a prompt, and which fire on prompts with a concept but not on prompts without.
 
-Activations are the *reported* ones of `splice.feature_acts` (decoder norms folded in), at each
-scored token: all of a prompt's tokens but the EOT it starts with (the attention sink, never
+Activations are the *reported* ones of `sae.artifact.feature_acts` (decoder norms folded in), at
+each scored token: all of a prompt's tokens but the EOT it starts with (the attention sink, never
 seen by the SAE), the padding and, for a (context, text) prompt, the context. All SAE
 activations are >= 0 (every encoder ends in a ReLU, TopK or a jump), so masked positions are
 zeros and never win a max. One jitted function per call shape runs the LM, the SAE and the
@@ -39,9 +39,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from monosem_jax import metrics_io
+from monosem_jax import metrics_io, stage_config
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.intervene import splice
+from monosem_jax.sae import artifact as sae_artifact
 
 SEPARATOR = "||"  # between the prompts of --config.with_prompts / without_prompts
 LENGTH_BUCKET = 16  # prompt lengths are padded up to a multiple of this: fewer compiled shapes
@@ -131,7 +132,7 @@ def valid_positions(scored_P2: jax.Array, length: int) -> jax.Array:
 def prompt_acts(st: SearchStatic, lm_params, sae, tokens_PL, scored_P2) -> jax.Array:
     """Reported activations [P, L, F] at the SAE's hook, zero outside the scored positions."""
     _, captured = gpt_model.forward(st.model_cfg, lm_params, tokens_PL, capture=[sae.hook])
-    a_PLF = splice.feature_acts(sae, captured[sae.hook])
+    a_PLF = sae_artifact.feature_acts(sae, captured[sae.hook])
     return jnp.where(valid_positions(scored_P2, tokens_PL.shape[1])[..., None], a_PLF, 0.0)
 
 
@@ -304,10 +305,45 @@ def split_prompts(text: str) -> list[str]:
     return [p for p in str(text).split(SEPARATOR) if p.strip()]
 
 
-def _mode(config: ml_collections.ConfigDict) -> str:
-    prompt = bool(str(config.prompt).strip())
-    with_, without = bool(split_prompts(config.with_prompts)), bool(
-        split_prompts(config.without_prompts))
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Validated settings of `monosem-search` (configs/search/default.py documents each)."""
+
+    sae_name: str = ""
+    prompt: str = ""
+    with_prompts: tuple[str, ...] = ()  # the config's SEPARATOR-joined list, split
+    without_prompts: tuple[str, ...] = ()
+    context: str = ""
+    top_n: int = 10
+    score: str = "f1"
+    batch_size: int = 32
+    name: str = ""
+
+    def __post_init__(self):
+        _mode(self)  # exactly one mode
+        stage_config.check(type(self.top_n) is int and self.top_n > 0, "top_n", self.top_n,
+                           "an integer > 0")
+        stage_config.one_of("score", self.score, SCORES)
+        stage_config.positive(self, ("batch_size",))
+
+    @property
+    def mode(self) -> str:
+        """'prompt' (one prompt's features) or 'contrastive'."""
+        return _mode(self)
+
+
+def search_config_from(config: ml_collections.ConfigDict) -> SearchConfig:
+    """The frozen SearchConfig of a ConfigDict (one clear ValueError per bad value)."""
+    return stage_config.from_config(
+        SearchConfig, config,
+        with_prompts=tuple(split_prompts(config.with_prompts)),
+        without_prompts=tuple(split_prompts(config.without_prompts)),
+    )
+
+
+def _mode(cfg: SearchConfig) -> str:
+    prompt = bool(cfg.prompt.strip())
+    with_, without = bool(cfg.with_prompts), bool(cfg.without_prompts)
     if prompt and (with_ or without):
         raise ValueError("give either search.prompt or search.with_prompts/without_prompts, "
                          "not both")
@@ -343,31 +379,28 @@ def _format_contrast(ranking: list[dict], score: str, num_with: int, num_without
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The monosem-search stage: prints a table, writes W/search/<name>.json, returns it."""
-    mode = _mode(config)
-    _check_top_n(config.top_n)
-    if config.score not in SCORES:  # before the minutes-long load, not after
-        raise ValueError(f"search.score must be one of {list(SCORES)}, got {config.score!r}")
-    model = splice.load(workdir, config.sae_name)
-    context = str(config.context)
+    cfg = search_config_from(config)  # bad values fail here, before the minutes-long load
+    model = splice.load(workdir, cfg.sae_name)
+    context = cfg.context
     in_context = lambda texts: [(context, t) for t in texts] if context else list(texts)
-    if mode == "prompt":
-        prompts = [str(config.prompt)]
-        (found,) = prompt_features(model, in_context(prompts), config.top_n)
+    if cfg.mode == "prompt":
+        prompts = [cfg.prompt]
+        (found,) = prompt_features(model, in_context(prompts), cfg.top_n)
         result = {**found.to_json(), "prompt": prompts[0]}  # the context has its own field
         lines = _format_prompt(result)
     else:
-        with_, without = split_prompts(config.with_prompts), split_prompts(config.without_prompts)
+        with_, without = list(cfg.with_prompts), list(cfg.without_prompts)
         prompts = [*with_, SEPARATOR, *without]
-        contrast = contrastive(model, in_context(with_), in_context(without), config.top_n,
-                               config.score, config.batch_size)
-        result = {"with_prompts": with_, "without_prompts": without, "score": config.score,
+        contrast = contrastive(model, in_context(with_), in_context(without), cfg.top_n,
+                               cfg.score, cfg.batch_size)
+        result = {"with_prompts": with_, "without_prompts": without, "score": cfg.score,
                   "ranking": contrast.to_json()}
-        lines = _format_contrast(result["ranking"], config.score, len(with_), len(without))
+        lines = _format_contrast(result["ranking"], cfg.score, len(with_), len(without))
     digest = hashlib.sha256("\n".join([context, *prompts]).encode()).hexdigest()[:8]
-    name = config.name or f"{model.sae.name}_{mode}_{digest}"
+    name = cfg.name or f"{model.sae.name}_{cfg.mode}_{digest}"
     path = os.path.join(workdir, "search", f"{name}.json")
-    summary = {"mode": mode, "sae_name": model.sae.name, "hook": model.hook, "context": context,
-               "top_n": int(config.top_n), "path": path, **result}
+    summary = {"mode": cfg.mode, "sae_name": model.sae.name, "hook": model.hook,
+               "context": context, "top_n": cfg.top_n, "path": path, **result}
     metrics_io.write_json_atomic(path, summary)
     print("\n".join(lines), flush=True)
     print(json.dumps(summary, sort_keys=True, ensure_ascii=False), flush=True)

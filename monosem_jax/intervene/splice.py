@@ -28,6 +28,7 @@ from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.sae import artifact as sae_artifact
+from monosem_jax.sae import model as sae_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,17 +106,6 @@ def check_feature_ids(model: SplicedModel, ids: Sequence[int]) -> np.ndarray:
     return ids_K.astype(np.int32)
 
 
-def parse_floats(text: str, what: str) -> np.ndarray:
-    """Comma-separated finite floats (e.g. clamp values) as float32 [N]; else a ValueError."""
-    try:
-        values = np.array([float(v) for v in str(text).split(",") if v.strip()], np.float64)
-    except ValueError as e:
-        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from e
-    if values.size == 0 or not np.all(np.isfinite(values)):
-        raise ValueError(f"{what} must be finite numbers, got {text!r}")
-    return values.astype(np.float32)
-
-
 # -------------------------------------------------------------------------- pure functions
 
 
@@ -127,8 +117,7 @@ def directions(sae: sae_artifact.TrainedSAE, ids_K: jax.Array) -> jax.Array:
     """d_k [K, D]: feature k's contribution to the reconstruction per unit of reported
     activation, in hook units."""
     w_KD = sae.params["w_dec_FD"][ids_K]
-    norms_K = jnp.sqrt(jnp.sum(jnp.square(w_KD), axis=1))
-    return w_KD / (norms_K[:, None] * sae.norm_scale)
+    return w_KD / (sae_model.row_norms(w_KD)[:, None] * sae.norm_scale)
 
 
 def clamp(

@@ -24,11 +24,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from monosem_jax import metrics_io
+from monosem_jax import batching, config_values, metrics_io, stage_config
 from monosem_jax.analysis import features
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.gpt import sample as gpt_sample
 from monosem_jax.intervene import splice
+from monosem_jax.sae import artifact as sae_artifact
 
 SEPARATOR = "||"  # between prompts in a config string
 
@@ -39,8 +40,8 @@ class SteerConfig:
 
     sae_name: str
     prompts: tuple[str, ...]
-    feature_ids: tuple[int, ...]
-    values: tuple[float, ...]
+    features: tuple[int, ...]
+    clamp_values: tuple[float, ...]
     scale: str = "max"
     num_samples: int = 4
     num_new: int = 40
@@ -51,31 +52,25 @@ class SteerConfig:
     name: str = ""
 
     def __post_init__(self):
-        if self.scale not in ("max", "absolute"):
-            raise ValueError(f"steer.scale must be 'max' or 'absolute', got {self.scale!r}")
-        for field in ("num_samples", "num_new", "max_tokens"):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"steer.{field} must be positive, got {getattr(self, field)}")
-        if self.temperature < 0 or self.top_k < 0:
-            raise ValueError("steer.temperature and steer.top_k must be >= 0")
+        stage_config.check(bool(self.features), "features", self.features,
+                           "the feature ids to clamp, e.g. 12,40")
+        stage_config.check(bool(self.clamp_values) and bool(np.all(np.isfinite(self.clamp_values))),
+                           "clamp_values", self.clamp_values, "finite numbers, e.g. -2,2,5,10")
+        stage_config.one_of("scale", self.scale, ("max", "absolute"))
+        stage_config.positive(self, ("num_samples", "num_new", "max_tokens"))
+        stage_config.non_negative(self, ("temperature",), note="0 = greedy")
+        stage_config.non_negative(self, ("top_k",), note="0 = all")
 
 
 def steer_config_from(config: ml_collections.ConfigDict) -> SteerConfig:
-    if not str(config.features).strip():
-        raise ValueError("steer.features is empty; name the feature ids to clamp, e.g. '12,40'")
-    try:
-        ids = tuple(int(i) for i in str(config.features).split(",") if i.strip())
-    except ValueError as e:
-        raise ValueError(
-            f"steer.features must be comma-separated ids, got {config.features!r}"
-        ) from e
-    prompts = tuple(p for p in str(config.prompts).split(SEPARATOR))
-    return SteerConfig(
-        sae_name=config.sae_name, prompts=prompts, feature_ids=ids,
-        values=tuple(map(float, splice.parse_floats(config.clamp_values, "steer.clamp_values"))),
-        scale=config.scale, num_samples=config.num_samples, num_new=config.num_new,
-        temperature=config.temperature, top_k=config.top_k, seed=config.seed,
-        max_tokens=config.max_tokens, name=config.name,
+    """The frozen SteerConfig of a ConfigDict (one clear ValueError per bad value)."""
+    return stage_config.from_config(
+        SteerConfig, config,
+        prompts=tuple(str(config.prompts).split(SEPARATOR)),
+        features=config_values.int_tuple("features", config.features),
+        # As the clamp applies them: float32.
+        clamp_values=tuple(np.float32(config_values.float_tuple("clamp_values",
+                                                                config.clamp_values)).tolist()),
     )
 
 
@@ -85,7 +80,7 @@ def steer_config_from(config: ml_collections.ConfigDict) -> SteerConfig:
 @functools.partial(jax.jit, static_argnames="model_cfg")
 def _max_acts(lm_params, sae, tokens_BL, ids_K, *, model_cfg):
     _, cap = gpt_model.forward(model_cfg, lm_params, tokens_BL, capture=[sae.hook])
-    a_BLK = splice.feature_acts(sae, cap[sae.hook])[..., ids_K]
+    a_BLK = sae_artifact.feature_acts(sae, cap[sae.hook])[..., ids_K]
     # Position 0 of each window (the attention sink, never in SAE training) left out, as eval.
     return jnp.max(a_BLK[:, 1:], axis=(0, 1))
 
@@ -97,11 +92,8 @@ def max_activations(model: splice.SplicedModel, workdir: str, ids_K: np.ndarray,
     if windows_WL.shape[0] == 0:
         raise ValueError("the eval split is shorter than one context; cannot scale by max")
     best_K = np.zeros(len(ids_K), np.float32)
-    for first in range(0, windows_WL.shape[0], batch_size):
-        tokens_BL = windows_WL[first : first + batch_size]
-        if tokens_BL.shape[0] < batch_size:  # one compiled shape: repeat the last window
-            pad = np.repeat(tokens_BL[-1:], batch_size - tokens_BL.shape[0], 0)
-            tokens_BL = np.concatenate([tokens_BL, pad])
+    # One compiled shape: a repeated last window in the last batch changes no maximum.
+    for _, tokens_BL, _ in batching.fixed_batches(windows_WL, batch_size):
         got_K = _max_acts(model.lm_params, model.sae, tokens_BL, jnp.asarray(ids_K),
                           model_cfg=model.model_cfg)
         best_K = np.maximum(best_K, np.asarray(got_K))
@@ -225,9 +217,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.time()
     cfg = steer_config_from(config)
     model = splice.load(workdir, cfg.sae_name)
-    ids_K = splice.check_feature_ids(model, cfg.feature_ids)
+    ids_K = splice.check_feature_ids(model, cfg.features)
     splice.tokenize_prompts(model, cfg.prompts, room=cfg.num_new)  # bad prompts fail early
-    values_V = np.asarray(cfg.values, np.float32)
+    values_V = np.asarray(cfg.clamp_values, np.float32)
     max_K = max_activations(model, workdir, ids_K, cfg.max_tokens)
     if cfg.scale == "max":
         if np.any(max_K <= 0):
@@ -246,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out_dir = os.path.join(workdir, "steer")
     os.makedirs(out_dir, exist_ok=True)
     unit = "x max" if cfg.scale == "max" else ""
-    markdown = _side_by_side(cfg.prompts, cfg.values, result, unit)
+    markdown = _side_by_side(cfg.prompts, cfg.clamp_values, result, unit)
     print(markdown, flush=True)
     md_path = os.path.join(out_dir, f"{name}.md")
     with open(md_path + ".tmp", "w", encoding="utf-8") as f:
@@ -254,7 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.replace(md_path + ".tmp", md_path)
     summary = {
         "sae_name": model.sae.name, "hook": model.hook, "features": ids_K.tolist(),
-        "max_activation": max_K.tolist(), "scale": cfg.scale, "doses": list(cfg.values),
+        "max_activation": max_K.tolist(), "scale": cfg.scale, "doses": list(cfg.clamp_values),
         "clamp_values": values_VK.tolist(), "prompts": list(cfg.prompts),
         "num_samples": cfg.num_samples, "num_new": cfg.num_new,
         "temperature": cfg.temperature, "top_k": cfg.top_k, "seed": cfg.seed,

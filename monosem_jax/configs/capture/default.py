@@ -1,7 +1,8 @@
 """Activation capture: which hooks, which positions, and the store's layout.
 
 monosem-capture --workdir=W                            (after the LM stage; pipeline config)
-monosem-capture --workdir=W --config.capture.hooks=blocks.0.hook_resid_post,blocks.1.hook_mlp_out
+monosem-capture --workdir=W --config.hooks=blocks.0.hook_resid_post,blocks.1.hook_mlp_out
+monosem-pipeline --workdir=W --config.capture.hooks=blocks.0.hook_resid_post,blocks.1.hook_mlp_out
 """
 
 import ml_collections
@@ -9,8 +10,11 @@ import ml_collections
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # Comma-separated hook names; the default is the 2-layer tiny GPT's middle residual stream.
-    config.hooks = "blocks.0.hook_resid_post"
+    # Hook names; the default is the 2-layer tiny GPT's middle residual stream. Typed `object`, so
+    # that a command-line list reaches the stage as one string that it splits on commas
+    # (--config.hooks=blocks.0.hook_resid_post,blocks.1.hook_mlp_out): ml_collections' tuple
+    # parser rejects names like blocks.0.hook_resid_post unless each is quoted.
+    config.hooks = ml_collections.FieldReference(("blocks.0.hook_resid_post",), field_type=object)
     config.dtype = "float32"  # stored dtype: "float32" | "bfloat16" (half the bytes)
     config.positions_per_context = 0  # 0 = all positions; n = n random per context (Towards M.)
     config.exclude_first = True  # drop position 0 of each context (an outlier: attention sink)
@@ -25,7 +29,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     )
     config.forward_only_batches = 8  # batches timed without writing (the summary's reference)
     if arg == "smoke":
-        config.hooks = "blocks.0.hook_resid_post"
+        config.hooks = ("blocks.0.hook_resid_post",)
         config.batch_size = 16
         config.rows_per_shard = 4096
         config.forward_only_batches = 2

@@ -22,7 +22,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Each unit gets the thresholds at which it is positive on these fractions of a token sample
     # (its quantiles); SAE features also get "> 0", neurons and residual dimensions also the
     # mirrored rule "below" (they are signed). The best (unit, threshold) per concept is reported.
-    config.threshold_rates = "0.5,0.3,0.2,0.15,0.1,0.07,0.05,0.03,0.02,0.01,0.005,0.002"
+    config.threshold_rates = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.005, 0.002)
     config.threshold_sample_tokens = 8192  # tokens (strided over the windows) for the quantiles
     config.recovered_f1 = 0.8  # a concept counts as recovered by a unit with F1 >= this
 

@@ -12,11 +12,11 @@ import ml_collections
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.sae_name = ""  # the run W/sae/<sae_name>; "" = the pipeline's SAE
-    config.features = ""  # comma-separated feature ids, clamped together (required)
+    config.features = ()  # feature ids, clamped together (required; command line: 12,40)
     # Clamp values (one dose each, all in one compiled program); negative values push the
     # feature's direction out. scale "max": multiples of each feature's maximum activation on
     # held-out tokens (the paper's "10x max"); "absolute": reported activations as they are.
-    config.clamp_values = "-2,2,5,10"
+    config.clamp_values = (-2.0, 2.0, 5.0, 10.0)
     config.scale = "max"
     config.prompts = "Once upon a time||One day, a little||There was a"  # "||" separates prompts
     config.num_samples = 4  # continuations per prompt and dose (same random keys for all doses)

@@ -1,0 +1,61 @@
+"""A stage's config boundary: its ConfigDict read once into a frozen dataclass, checked there.
+
+Each stage converts its ConfigDict at its entry with `from_config` (list fields read by
+`config_values`); the dataclass's `__post_init__` checks every field with the helpers below, so a
+bad value is always one ValueError in the same words, whichever stage raises it (the words of
+`config_values`'s errors too):
+
+  config.<field>=<value> is invalid; valid: <what would be>
+
+The stage's body then reads only the dataclass; no ConfigDict reaches `jit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import ml_collections
+
+
+def from_config(cls, config: ml_collections.ConfigDict, prefix: str = "", **converted):
+    """`cls` (a dataclass) from the config's fields `<prefix><field>`; `converted` gives the
+    fields read some other way (list fields, nested dataclasses). A field the config lacks
+    takes the dataclass's default."""
+    values = {
+        field.name: config[prefix + field.name]
+        for field in dataclasses.fields(cls)
+        if field.name not in converted and prefix + field.name in config
+    }
+    return cls(**values, **converted)
+
+
+def invalid(field: str, value, valid: str) -> ValueError:
+    """The error of a bad value: `config.<field>=<value> is invalid; valid: <valid>`."""
+    return ValueError(f"config.{field}={value!r} is invalid; valid: {valid}")
+
+
+def check(ok: bool, field: str, value, valid: str) -> None:
+    """Raises `invalid(field, value, valid)` unless ok."""
+    if not ok:
+        raise invalid(field, value, valid)
+
+
+def positive(cfg, names: Iterable[str], prefix: str = "") -> None:
+    """Each named field of the dataclass `cfg` is > 0 (`prefix`: the config's name for it)."""
+    for name in names:
+        value = getattr(cfg, name)
+        check(value > 0, prefix + name, value, "> 0")
+
+
+def non_negative(cfg, names: Iterable[str], prefix: str = "", note: str = "") -> None:
+    """Each named field of the dataclass `cfg` is >= 0 (`note`: what 0 means, e.g. '0 = all')."""
+    for name in names:
+        value = getattr(cfg, name)
+        check(value >= 0, prefix + name, value, f">= 0 ({note})" if note else ">= 0")
+
+
+def one_of(field: str, value, choices: Iterable) -> None:
+    """value is one of `choices`."""
+    choices = tuple(choices)
+    check(value in choices, field, value, " | ".join(map(repr, choices)))
