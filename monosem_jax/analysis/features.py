@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
+from monosem_jax import batching
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.sae import artifact as sae_artifact
@@ -44,10 +45,6 @@ def iterate_features(
 
     The last batch is padded to `batch_size` (one compiled shape) and trimmed before yielding.
     """
-    for first in range(0, windows_WL.shape[0], batch_size):
-        tokens_BL = windows_WL[first : first + batch_size]
-        n = tokens_BL.shape[0]
-        if n < batch_size:
-            tokens_BL = np.concatenate([tokens_BL, np.repeat(tokens_BL[-1:], batch_size - n, 0)])
+    for first, tokens_BL, n in batching.fixed_batches(windows_WL, batch_size):
         x_BLD, f_BLF = _acts_and_features(lm_params, sae, tokens_BL, model_cfg)
         yield first, tokens_BL[:n], np.asarray(x_BLD)[:n], np.asarray(f_BLF)[:n]

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from monosem_jax import batching
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import model as gpt_model
 
@@ -51,13 +52,9 @@ def _token_losses(params, tokens_BL1, model_cfg):
 def token_losses(model_cfg, params, windows_WL1: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Per-position losses [W, L] in fixed-size batches (the last one padded)."""
     out = []
-    for i in range(0, len(windows_WL1), batch_size):
-        chunk = windows_WL1[i : i + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        losses_BL = _token_losses(params, jnp.asarray(chunk), model_cfg)
-        out.append(np.asarray(losses_BL)[: batch_size - pad])
+    for _, chunk_BL1, n in batching.fixed_batches(windows_WL1, batch_size):
+        losses_BL = _token_losses(params, jnp.asarray(chunk_BL1), model_cfg)
+        out.append(np.asarray(losses_BL)[:n])
     return np.concatenate(out)
 
 
