@@ -1,19 +1,27 @@
-"""List-valued config fields, read the one way every stage reads them.
+"""List-valued config fields, declared and read the one way every stage does.
 
-Config files declare list fields as tuples, e.g. `config.hooks = ("blocks.0.hook_resid_post",)`.
-ml_collections then parses command-line overrides: `--config.resample_steps=100,200` gives
-`(100, 200)`, `--config.hooks=a,b` gives `("a,b",)` (a string tuple keeps the text whole), and
-`--config.hooks="('a','b')"` gives `("a", "b")`. The comma strings users already type
-(`--config.hooks=a,b`, or a config written before the tuples) are accepted too: every item is
-split on commas and stripped, empty items dropped. A bad item is one clear ValueError naming
-the field.
+Numeric lists are plain tuples in a config file (`config.resample_steps = (100, 200)`):
+ml_collections parses `--config.resample_steps=100,200` into `(100, 200)`. Lists of names are
+declared with `names(...)` (`config.hooks = names("blocks.0.hook_resid_post")`): a tuple in the
+file, but typed `object`, because ml_collections' tuple parser rejects items such as
+`blocks.0.hook_resid_post` or `k=4,8`; so `--config.hooks=a,b` arrives as the string "a,b".
+The readers below take either form: every item is split on commas and stripped, empty items
+dropped, so tuples, lists, the old comma strings and tuples of comma strings all read the same.
+A bad item is one clear ValueError naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+import ml_collections
+
 T = TypeVar("T")
+
+
+def names(*default: str) -> ml_collections.FieldReference:
+    """A config field holding a list of names: the tuple `default`, a comma string accepted."""
+    return ml_collections.FieldReference(tuple(default), field_type=object)
 
 
 def _items(value) -> list[str]:

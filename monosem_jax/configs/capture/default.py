@@ -7,14 +7,14 @@ monosem-pipeline --workdir=W --config.capture.hooks=blocks.0.hook_resid_post,blo
 
 import ml_collections
 
+from monosem_jax import config_values
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # Hook names; the default is the 2-layer tiny GPT's middle residual stream. Typed `object`, so
-    # that a command-line list reaches the stage as one string that it splits on commas
-    # (--config.hooks=blocks.0.hook_resid_post,blocks.1.hook_mlp_out): ml_collections' tuple
-    # parser rejects names like blocks.0.hook_resid_post unless each is quoted.
-    config.hooks = ml_collections.FieldReference(("blocks.0.hook_resid_post",), field_type=object)
+    # Hook names; the default is the 2-layer tiny GPT's middle residual stream. A names field
+    # (config_values.names): on the command line a comma-separated list.
+    config.hooks = config_values.names("blocks.0.hook_resid_post")
     config.dtype = "float32"  # stored dtype: "float32" | "bfloat16" (half the bytes)
     config.positions_per_context = 0  # 0 = all positions; n = n random per context (Towards M.)
     config.exclude_first = True  # drop position 0 of each context (an outlier: attention sink)

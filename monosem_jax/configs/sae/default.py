@@ -10,6 +10,8 @@ monosem-sweep --workdir=W --config.variant=anthropic_2024 --config.sweep.grid="l
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from monosem_jax import config_values
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -68,7 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # string on the command line (--config.sweep.grid="k=8,16 seed=0,1"): any of lr, l1_coef, k,
     # k_start, aux_coef, jl_coef, l0_coef, seed, l1_warmup_frac, lr_decay_frac, k_anneal_frac,
     # threshold_rate.
-    config.sweep.grid = ("k=8,16,32,64",)
+    config.sweep.grid = config_values.names("k=8,16,32,64")
     config.sweep.strategy = "auto"  # auto | vmap | map | loop: how members share one program
 
     if arg == "smoke":
