@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from monosem_jax import config_values, metrics_io
+from monosem_jax import config_values, metrics_io, stage_config
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.sae import artifact
 from monosem_jax.sae import metrics as sae_metrics
@@ -51,34 +51,20 @@ class TrainConfig:
     checkpoint_every: int
     recorded: dict  # the config as JSON (without the sweep), recorded in each run's config.json
 
+    def __post_init__(self):
+        stage_config.positive(self, ("steps", "batch_size", "d_sae", "log_every",
+                                     "checkpoint_every", "shuffle_blocks"))
+        stage_config.one_of("variant", self.variant, sae_model.VARIANTS)
+
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> TrainConfig:
-        for field in ("steps", "batch_size", "d_sae", "log_every", "checkpoint_every"):
-            if int(config[field]) <= 0:
-                raise ValueError(f"config.{field}={config[field]!r} is invalid; valid: > 0")
         recorded = json.loads(config.to_json())
         recorded.pop("sweep", None)
-        return cls(
-            name=config.name,
-            variant=config.variant,
-            hook=config.hook,
-            store=config.store,
-            d_sae=int(config.d_sae),
-            steps=int(config.steps),
-            batch_size=int(config.batch_size),
-            seed=int(config.seed),
-            data_seed=int(config.data_seed),
+        return stage_config.from_config(
+            cls, config,
             hparams={k: config[k] for k in sae_step.CONFIG_HPARAMS if config[k] is not None},
-            k_aux=int(config.k_aux),
-            dead_steps=int(config.dead_steps),
-            jumprelu_bandwidth=float(config.jumprelu_bandwidth),
             prefixes=config_values.int_tuple("prefixes", config.get("prefixes", ())),
             resample_steps=config_values.int_tuple("resample_steps", config.resample_steps),
-            eval_rows=int(config.eval_rows),
-            shuffle_blocks=int(config.shuffle_blocks),
-            prefetch=int(config.prefetch),
-            log_every=int(config.log_every),
-            checkpoint_every=int(config.checkpoint_every),
             recorded=recorded,
         )
 
