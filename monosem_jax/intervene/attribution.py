@@ -126,7 +126,7 @@ def bind(model: splice.SplicedModel, target: Target, exclude_first: bool = True)
 
 def _all_directions(static: Static, arrays: tuple) -> jax.Array:
     sae = arrays[1]
-    return splice.directions(sae, jnp.arange(sae.sae_cfg.d_sae))
+    return sae_artifact.feature_directions(sae, jnp.arange(sae.sae_cfg.d_sae))
 
 
 def _shifted_target(static: Static, arrays: tuple, tokens_L, shift_LD) -> jax.Array:
@@ -169,7 +169,7 @@ def attributions(static: Static, arrays: tuple, tokens_L, a0_LF) -> tuple[jax.Ar
 @functools.partial(jax.jit, static_argnums=0)
 def ablation_chunk(static: Static, arrays: tuple, tokens_L, a0_LF, ids_K) -> jax.Array:
     """T(a0) - T(a0 with feature k zeroed at every position), for each of ids_K (vmapped)."""
-    d_KD = splice.directions(arrays[1], ids_K)
+    d_KD = sae_artifact.feature_directions(arrays[1], ids_K)
     value = _shifted_target(static, arrays, tokens_L, jnp.zeros((tokens_L.shape[0], d_KD.shape[1])))
 
     def ablated(i, d_D):  # removing a_i d_i is a rank-1 shift: no [L, F] x [F, D] per feature

@@ -28,7 +28,6 @@ from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import artifact as gpt_artifact
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.sae import artifact as sae_artifact
-from monosem_jax.sae import model as sae_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +108,6 @@ def check_feature_ids(model: SplicedModel, ids: Sequence[int]) -> np.ndarray:
 # -------------------------------------------------------------------------- pure functions
 
 
-# Reported feature activations a [B, L, F] of hook activations x (the eval's and browser's).
-feature_acts = sae_artifact.feature_acts
-
-
-def directions(sae: sae_artifact.TrainedSAE, ids_K: jax.Array) -> jax.Array:
-    """d_k [K, D]: feature k's contribution to the reconstruction per unit of reported
-    activation, in hook units."""
-    w_KD = sae.params["w_dec_FD"][ids_K]
-    return w_KD / (sae_model.row_norms(w_KD)[:, None] * sae.norm_scale)
 
 
 def clamp(
@@ -132,10 +122,10 @@ def clamp(
     values_K: one value per feature, or per position ([B, L, K]). `active` False returns x
     unchanged (a traced switch: the unsteered member of a vmapped batch of clamps).
     """
-    a_BLK = feature_acts(sae, x_BLD)[..., ids_K]
+    a_BLK = sae_artifact.feature_acts(sae, x_BLD)[..., ids_K]
     values_BLK = jnp.broadcast_to(jnp.asarray(values_K, jnp.float32), a_BLK.shape)
     delta_BLK = jnp.where(active, values_BLK - a_BLK, 0.0)
-    shift_BLD = jnp.einsum("blk,kd->bld", delta_BLK, directions(sae, ids_K))
+    shift_BLD = jnp.einsum("blk,kd->bld", delta_BLK, sae_artifact.feature_directions(sae, ids_K))
     return (x_BLD.astype(jnp.float32) + shift_BLD).astype(x_BLD.dtype)
 
 

@@ -63,6 +63,13 @@ def feature_acts(sae: TrainedSAE, x_BLD: jax.Array) -> jax.Array:
     return f_NF.reshape(*x_BLD.shape[:-1], -1)
 
 
+def feature_directions(sae: TrainedSAE, ids_K: jax.Array) -> jax.Array:
+    """d_k [K, D]: feature k's contribution to the reconstruction per unit of its reported
+    activation, in hook units (the direction a clamp or steer moves along)."""
+    w_KD = sae.params["w_dec_FD"][ids_K]
+    return w_KD / (sae_model.row_norms(w_KD)[:, None] * sae.norm_scale)
+
+
 def typed_hparams(hp: dict) -> dict:
     """The entries of a recorded hyper-parameter dict that the step takes."""
     return {k: v for k, v in hp.items() if k in sae_step.HPARAM_KEYS}
