@@ -118,17 +118,17 @@ def torch_gpt(torch, cfg):
     nn, F = torch.nn, torch.nn.functional
     d, h, k = cfg.d_model, cfg.n_heads, cfg.d_head
 
-    def rope(x_BLHK):
-        length = x_BLHK.shape[1]
-        inv_freq_K = 1.0 / 10000.0 ** (
-            torch.arange(0, k, 2, dtype=torch.float32, device=x_BLHK.device) / k
+    def rope(x_BLHZ):
+        length = x_BLHZ.shape[1]
+        inv_freq_Z = 1.0 / 10000.0 ** (
+            torch.arange(0, k, 2, dtype=torch.float32, device=x_BLHZ.device) / k
         )
-        angles_LK = torch.arange(length, dtype=torch.float32, device=x_BLHK.device)[:, None]
-        angles_LK = angles_LK * inv_freq_K[None, :]
-        cos, sin = angles_LK.cos()[None, :, None, :], angles_LK.sin()[None, :, None, :]
-        x1, x2 = x_BLHK.float().chunk(2, dim=-1)
+        angles_LZ = torch.arange(length, dtype=torch.float32, device=x_BLHZ.device)[:, None]
+        angles_LZ = angles_LZ * inv_freq_Z[None, :]
+        cos, sin = angles_LZ.cos()[None, :, None, :], angles_LZ.sin()[None, :, None, :]
+        x1, x2 = x_BLHZ.float().chunk(2, dim=-1)
         out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return out.to(x_BLHK.dtype)
+        return out.to(x_BLHZ.dtype)
 
     class Block(nn.Module):
         def __init__(self):
@@ -142,15 +142,15 @@ def torch_gpt(torch, cfg):
 
         def forward(self, x_BLD):
             b, length, _ = x_BLD.shape
-            qkv_BL3HK = self.qkv(self.ln_attn(x_BLD)).view(b, length, 3, h, k)
-            q_BLHK, k_BLHK, v_BLHK = qkv_BL3HK.unbind(2)
+            qkv_BL3HZ = self.qkv(self.ln_attn(x_BLD)).view(b, length, 3, h, k)
+            q_BLHZ, k_BLHZ, v_BLHZ = qkv_BL3HZ.unbind(2)
             if cfg.positional == "rope":
-                q_BLHK, k_BLHK = rope(q_BLHK), rope(k_BLHK)
-            attn_BHLK = F.scaled_dot_product_attention(
-                q_BLHK.transpose(1, 2), k_BLHK.transpose(1, 2), v_BLHK.transpose(1, 2),
+                q_BLHZ, k_BLHZ = rope(q_BLHZ), rope(k_BLHZ)
+            attn_BHLZ = F.scaled_dot_product_attention(
+                q_BLHZ.transpose(1, 2), k_BLHZ.transpose(1, 2), v_BLHZ.transpose(1, 2),
                 is_causal=True,
             )
-            x_BLD = x_BLD + self.attn_out(attn_BHLK.transpose(1, 2).reshape(b, length, d))
+            x_BLD = x_BLD + self.attn_out(attn_BHLZ.transpose(1, 2).reshape(b, length, d))
             mlp_BLF = F.gelu(self.mlp_in(self.ln_mlp(x_BLD)), approximate="tanh")
             return x_BLD + self.mlp_out(mlp_BLF)
 

@@ -168,12 +168,12 @@ def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], mu
     prompts = [p for p in NEUTRAL_PROMPTS if not set(WORD.findall(p.lower())) & vocab]
     ids_K = np.array([best["feature"]], np.int32)
     max_act = float(steer.max_activations(model, args.workdir, ids_K)[0])
-    values_VK = np.array(multiples, np.float32)[:, None] * max_act
-    result = steer.steer(model, prompts, ids_K, values_VK, num_samples=args.samples,
+    values_YK = np.array(multiples, np.float32)[:, None] * max_act
+    result = steer.steer(model, prompts, ids_K, values_YK, num_samples=args.samples,
                          num_new=args.num_new, temperature=args.temperature, seed=args.seed)
-    nll_V = steer.continuation_nll(model, result["tokens"], result["prompt_lengths"],
+    nll_Y = steer.continuation_nll(model, result["tokens"], result["prompt_lengths"],
                                    args.num_new)
-    ppl_V = np.exp(nll_V)
+    ppl_Y = np.exp(nll_Y)
     flat = lambda rows: [t for row in rows for t in row]  # noqa: E731
     base, _, base_words = topic_rate(flat(result["baseline"]), vocab)
     floor = max(base, 1 / max(base_words, 1))  # one topic word: no infinite ratio
@@ -182,13 +182,13 @@ def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], mu
            else f"logit z {best['logit_z']:.2f} over {best['tokens']} topic tokens")
     print(f"{concept}: feature {best['feature']} ({why}, max act {max_act:.3f})")
     print(f"{'clamp':>8} {'rate':>8} {'x base':>7} {'ppl':>7}  example")
-    print(f"{'none':>8} {base:8.4f} {1:7.2f} {ppl_V[0]:7.2f}  {result['baseline'][0][0][:60]!r}")
+    print(f"{'none':>8} {base:8.4f} {1:7.2f} {ppl_Y[0]:7.2f}  {result['baseline'][0][0][:60]!r}")
     for v, (m, rows) in enumerate(zip(multiples, result["steered"], strict=True)):
         rate, _, _ = topic_rate(flat(rows), vocab)
         rates[str(m)] = rate
         examples[str(m)] = rows[0][0]
-        print(f"{m:>7g}x {rate:8.4f} {rate / floor:7.2f} {ppl_V[v + 1]:7.2f}  {rows[0][0][:60]!r}")
-    ppl_ratio = {str(m): float(ppl_V[v + 1] / ppl_V[0]) for v, m in enumerate(multiples)}
+        print(f"{m:>7g}x {rate:8.4f} {rate / floor:7.2f} {ppl_Y[v + 1]:7.2f}  {rows[0][0][:60]!r}")
+    ppl_ratio = {str(m): float(ppl_Y[v + 1] / ppl_Y[0]) for v, m in enumerate(multiples)}
     fluent = [(rates[str(m)] / floor, m) for m in multiples
               if m > 0 and ppl_ratio[str(m)] <= args.max_ppl_ratio]
     best_ratio, best_multiple = max(fluent) if fluent else (0.0, None)
@@ -196,7 +196,7 @@ def steer_topic(model, args, concept: str, best: dict, vocab: frozenset[str], mu
     return {
         "concept": concept, "feature": best["feature"], "feature_f1": best.get("f1"),
         "feature_logit_z": best.get("logit_z"),
-        "max_activation": max_act, "base_rate": base, "base_ppl": float(ppl_V[0]),
+        "max_activation": max_act, "base_rate": base, "base_ppl": float(ppl_Y[0]),
         "rates": rates, "ppl_ratio": ppl_ratio,
         "fluent_steered_over_base": best_ratio, "best_fluent_multiple": best_multiple,
         "steered_over_base_any_ppl": max(rates[str(m)] / floor for m in multiples if m > 0),

@@ -173,11 +173,11 @@ def batch_sums(lm_params, sae: TrainedSAE, norm_scale, tokens_BL, valid_B, label
         labels_NC = labels_BLC.reshape(-1, labels_BLC.shape[-1])
         feat = m.threshold_counts(feats_NF, aux["thresholds_FT"], labels_NC, mask_N)
         # Neurons and hook dims are signed: unit u + U detects "below", as -a > -t.
-        signed_NS = jnp.concatenate([units_NU, -units_NU], axis=1)
-        unit = m.threshold_counts(signed_NS, aux["thresholds_ST"], labels_NC, mask_N)
+        signed_NO = jnp.concatenate([units_NU, -units_NU], axis=1)
+        unit = m.threshold_counts(signed_NO, aux["thresholds_OT"], labels_NC, mask_N)
         sums.update(
             feat_tp_FTC=feat["tp_UTC"], feat_pos_FT=feat["pos_UT"], label_C=feat["label_C"],
-            unit_tp_STC=unit["tp_UTC"], unit_pos_ST=unit["pos_UT"],
+            unit_tp_OTC=unit["tp_UTC"], unit_pos_OT=unit["pos_UT"],
         )
     return sums
 
@@ -252,12 +252,12 @@ def _thresholds_and_shifts(lm_params, sae: TrainedSAE, norm_scale, windows_WL, c
     feats_NF, units_NU = np.concatenate(feats), np.concatenate(units)
     rates = cfg.threshold_rates
     # Features: "> 0" (fires) plus quantiles of their non-zero values.
-    q_FR = m.positive_quantile_thresholds(feats_NF, rates)
-    thresholds_FT = np.concatenate([np.zeros((q_FR.shape[0], 1), np.float32), q_FR], axis=1)
-    thresholds_ST = m.quantile_thresholds(np.concatenate([units_NU, -units_NU], axis=1), rates)
+    q_FT = m.positive_quantile_thresholds(feats_NF, rates)
+    thresholds_FT = np.concatenate([np.zeros((q_FT.shape[0], 1), np.float32), q_FT], axis=1)
+    thresholds_OT = m.quantile_thresholds(np.concatenate([units_NU, -units_NU], axis=1), rates)
     return {
         "thresholds_FT": thresholds_FT,
-        "thresholds_ST": thresholds_ST,
+        "thresholds_OT": thresholds_OT,
         "shift_F": feats_NF.mean(0),
         "shift_U": units_NU.mean(0),
     }
@@ -362,7 +362,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     corr_summary, per_feature = m.neuron_finish(totals, model_cfg.d_mlp)
     summary.update(corr_summary)
     if with_concepts:
-        summary.update(m.concept_finish(totals, aux["thresholds_FT"], aux["thresholds_ST"],
+        summary.update(m.concept_finish(totals, aux["thresholds_FT"], aux["thresholds_OT"],
                                         concepts, model_cfg.d_mlp, cfg.recovered_f1))
         summary.update(_probe_concepts(lm_params, sae, windows_WL, labels_WL, concepts, cfg, st,
                                        mesh, summary["concept_table"]))

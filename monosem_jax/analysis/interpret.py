@@ -129,11 +129,11 @@ def merge_into(
     placed_AK1 = np.bincount(row_E * (k + 1) + slots_before_E, minlength=num_a * (k + 1))
     shift_AK = np.cumsum(placed_AK1.reshape(num_a, k + 1), axis=1)[:, :k]
     dest_AK = np.arange(k)[None] + shift_AK
-    a_M, j_M = np.nonzero((shift_AK > 0) & (dest_AK < k))
-    src = (rows_A[a_M], j_M)
-    dst = (rows_A[a_M], dest_AK[a_M, j_M])
+    a_X, j_X = np.nonzero((shift_AK > 0) & (dest_AK < k))
+    src = (rows_A[a_X], j_X)
+    dst = (rows_A[a_X], dest_AK[a_X, j_X])
     dest_E = slots_before_E + rank_E
-    new_N = dest_E < k
+    kept_E = dest_E < k
     for old_FK, new_E in (
         (buf.score_FK, score_E),
         (buf.act_FK, act_E),
@@ -141,7 +141,7 @@ def merge_into(
         (buf.ctx_FKC, ctx_EC),
     ):
         old_FK[dst] = old_FK[src]  # the right side is gathered before any write
-        old_FK[f_E[new_N], dest_E[new_N]] = new_E[new_N]
+        old_FK[f_E[kept_E], dest_E[kept_E]] = new_E[kept_E]
     return buf
 
 
@@ -241,25 +241,25 @@ def update(
     return stream
 
 
-def quantile_picks(act_FR: np.ndarray, cfg: InterpretConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks [F, Q, P] into each row's activations sorted high to low (-1 = none), and bin ranges.
+def quantile_picks(act_FK: np.ndarray, cfg: InterpretConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks [F, Q, K] into each row's activations sorted high to low (-1 = none), and bin ranges.
 
     The m valid (> 0) values of a row, sorted descending, split into Q equal-count bins (bin 0
-    the highest: ranks [q·m/Q, (q+1)·m/Q)); each bin shows up to P evenly spaced examples.
+    the highest: ranks [q·m/Q, (q+1)·m/Q)); each bin shows up to K evenly spaced examples.
     """
     q, p = cfg.quantile_bins, cfg.per_bin
-    m_F1 = (act_FR > 0).sum(1, keepdims=True)
+    m_F1 = (act_FK > 0).sum(1, keepdims=True)
     lo_FQ = (np.arange(q)[None] * m_F1) // q
     hi_FQ = (np.arange(1, q + 1)[None] * m_F1) // q
     width_FQ1 = (hi_FQ - lo_FQ)[..., None]
-    j_P = np.arange(p)[None, None]
-    rank_FQP = lo_FQ[..., None] + (j_P * width_FQ1) // p
-    rank_FQP = np.where(j_P < width_FQ1, rank_FQP, -1)
-    sorted_FR = -np.sort(-act_FR, axis=1)
-    take = lambda r: np.take_along_axis(sorted_FR, np.maximum(r, 0), axis=1)
+    j_K = np.arange(p)[None, None]
+    rank_FQK = lo_FQ[..., None] + (j_K * width_FQ1) // p
+    rank_FQK = np.where(j_K < width_FQ1, rank_FQK, -1)
+    sorted_FK = -np.sort(-act_FK, axis=1)
+    take = lambda r: np.take_along_axis(sorted_FK, np.maximum(r, 0), axis=1)
     high_FQ = np.where(hi_FQ > lo_FQ, take(lo_FQ), 0.0)
     low_FQ = np.where(hi_FQ > lo_FQ, take(np.maximum(hi_FQ - 1, 0)), 0.0)
-    return rank_FQP, np.stack([low_FQ, high_FQ], axis=-1)
+    return rank_FQK, np.stack([low_FQ, high_FQ], axis=-1)
 
 
 def concept_f1(tp_FC: np.ndarray, count_F: np.ndarray, label_count_C: np.ndarray) -> np.ndarray:
@@ -274,16 +274,16 @@ def finish(stream: Stream, cfg: InterpretConfig) -> FeatureStats:
     count_F = stream.count_F
     # Rows of the sample are ordered by hash key; the bins need them by activation.
     rows_F1 = np.arange(count_F.shape[0])[:, None]
-    by_act_FR = np.argsort(-stream.sample.act_FK, axis=1, kind="stable")
-    sample_act_FR = stream.sample.act_FK[rows_F1, by_act_FR]
-    rank_FQP, range_FQ2 = quantile_picks(sample_act_FR, cfg)
-    num_f, num_q, num_p = rank_FQP.shape
-    slot_FX = by_act_FR[rows_F1, np.maximum(rank_FQP, 0).reshape(num_f, num_q * num_p)]
-    none_FQP = rank_FQP < 0
+    by_act_FK = np.argsort(-stream.sample.act_FK, axis=1, kind="stable")
+    sample_act_FK = stream.sample.act_FK[rows_F1, by_act_FK]
+    rank_FQK, range_FQ2 = quantile_picks(sample_act_FK, cfg)
+    num_f, num_q, num_p = rank_FQK.shape
+    slot_FX = by_act_FK[rows_F1, np.maximum(rank_FQK, 0).reshape(num_f, num_q * num_p)]
+    none_FQK = rank_FQK < 0
     q_index = np.where(
-        none_FQP, -1, stream.sample.index_FK[rows_F1, slot_FX].reshape(none_FQP.shape)
+        none_FQK, -1, stream.sample.index_FK[rows_F1, slot_FX].reshape(none_FQK.shape)
     )
-    q_act = np.where(none_FQP, 0.0, stream.sample.act_FK[rows_F1, slot_FX].reshape(none_FQP.shape))
+    q_act = np.where(none_FQK, 0.0, stream.sample.act_FK[rows_F1, slot_FX].reshape(none_FQK.shape))
     q_ctx = stream.sample.ctx_FKC[rows_F1, slot_FX].reshape(num_f, num_q, num_p, -1)
     f1_FC = None
     if stream.tp_FC is not None:

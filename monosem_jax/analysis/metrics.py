@@ -86,23 +86,23 @@ def corr_finish(totals: dict) -> np.ndarray:
 
 
 def quantile_thresholds(sample_NU: np.ndarray, rates: Sequence[float]) -> np.ndarray:
-    """[U, R] thresholds at which each unit exceeds its threshold on ≈ `rate` of the sample."""
-    levels_R = 1.0 - np.asarray(rates, np.float64)
-    return np.quantile(np.asarray(sample_NU, np.float64), levels_R, axis=0).T.astype(np.float32)
+    """[U, T] thresholds at which each unit exceeds its threshold on ≈ `rate` of the sample."""
+    levels_T = 1.0 - np.asarray(rates, np.float64)
+    return np.quantile(np.asarray(sample_NU, np.float64), levels_T, axis=0).T.astype(np.float32)
 
 
 def positive_quantile_thresholds(sample_NF: np.ndarray, rates: Sequence[float]) -> np.ndarray:
-    """[F, R] thresholds exceeded by ≈ `rate` of each (non-negative) feature's non-zero values.
+    """[F, T] thresholds exceeded by ≈ `rate` of each (non-negative) feature's non-zero values.
 
     Sparse features fire on far fewer tokens than the rates of `quantile_thresholds`, which
     would all collapse to 0 for them; their own firing distribution gives usable thresholds.
     """
-    levels_R = 1.0 - np.asarray(rates, np.float64)
+    levels_T = 1.0 - np.asarray(rates, np.float64)
     positive_NF = np.where(sample_NF > 0, sample_NF, np.nan).astype(np.float32)
     with warnings.catch_warnings():  # features silent on the sample: all-NaN columns -> 0
         warnings.simplefilter("ignore", RuntimeWarning)
-        q_RF = np.nanquantile(positive_NF, levels_R, axis=0)
-    return np.nan_to_num(q_RF.T, nan=0.0).astype(np.float32)
+        q_TF = np.nanquantile(positive_NF, levels_T, axis=0)
+    return np.nan_to_num(q_TF.T, nan=0.0).astype(np.float32)
 
 
 def threshold_counts(
@@ -112,16 +112,16 @@ def threshold_counts(
     keep_N = mask_N.astype(jnp.float32)
     labels_NC = labels_NC.astype(jnp.float32) * keep_N[:, None]
     # Rows: the C concepts, then the mask (whose product counts the predicted positives).
-    rows_KN = jnp.concatenate([labels_NC, keep_N[:, None]], axis=1).T
+    rows_AN = jnp.concatenate([labels_NC, keep_N[:, None]], axis=1).T
 
     def one_threshold(t_U):  # one [N, U] comparison at a time: memory stays O(N·U)
         fire_NU = (a_NU > t_U[None]).astype(jnp.float32)
-        return jnp.dot(rows_KN, fire_NU, precision=_HIGHEST)  # a matmul: fast on every backend
+        return jnp.dot(rows_AN, fire_NU, precision=_HIGHEST)  # a matmul: fast on every backend
 
-    counts_TKU = jax.lax.map(one_threshold, thresholds_UT.T)
+    counts_TAU = jax.lax.map(one_threshold, thresholds_UT.T)
     return {
-        "tp_UTC": counts_TKU[:, :-1].transpose(2, 0, 1),
-        "pos_UT": counts_TKU[:, -1].T,
+        "tp_UTC": counts_TAU[:, :-1].transpose(2, 0, 1),
+        "pos_UT": counts_TAU[:, -1].T,
         "label_C": labels_NC.sum(0),
     }
 
@@ -204,7 +204,7 @@ def unit_name(signed: int, d_mlp: int, width: int) -> tuple[str, str]:
 
 
 def concept_finish(
-    totals: dict, thresholds_FT, thresholds_ST, concepts: Sequence[str], d_mlp: int,
+    totals: dict, thresholds_FT, thresholds_OT, concepts: Sequence[str], d_mlp: int,
     recovered_f1: float,
 ) -> dict:
     """Best single feature and best single neuron / hook dim per concept, and the table rows."""
@@ -213,9 +213,9 @@ def concept_finish(
         totals["feat_tp_FTC"], totals["feat_pos_FT"], label_C
     )
     feat_C, feat_t_C, feat_f1_C = best_detectors(f1_FTC)
-    unit_f1_STC, _, _ = f1_from_counts(totals["unit_tp_STC"], totals["unit_pos_ST"], label_C)
-    unit_C, unit_t_C, unit_f1_C = best_detectors(unit_f1_STC)
-    width = thresholds_ST.shape[0] // 2
+    unit_f1_OTC, _, _ = f1_from_counts(totals["unit_tp_OTC"], totals["unit_pos_OT"], label_C)
+    unit_C, unit_t_C, unit_f1_C = best_detectors(unit_f1_OTC)
+    width = thresholds_OT.shape[0] // 2
     concept_f1, concept_f1_neuron, table, absent = {}, {}, [], []
     for c, name in enumerate(concepts):
         if label_C[c] == 0:  # not present in the evaluated tokens: no F1 to speak of
@@ -224,7 +224,7 @@ def concept_finish(
         f, t = int(feat_C[c]), int(feat_t_C[c])
         u, ut = int(unit_C[c]), int(unit_t_C[c])
         unit, direction = unit_name(u, d_mlp, width)
-        threshold = float(thresholds_ST[u, ut]) * (1 if direction == "above" else -1)
+        threshold = float(thresholds_OT[u, ut]) * (1 if direction == "above" else -1)
         concept_f1[name] = {
             "f1": float(feat_f1_C[c]),
             "feature": f,

@@ -252,14 +252,15 @@ def select_and_gather(acts_fn: Callable, x_train_ND, y_train_NC, x_test_ND, k: i
 
 
 def stack_ks(x_NCK: np.ndarray, ks: Sequence[int]) -> np.ndarray:
-    """[N, S·C, K]: for each k in ks (s-major) every concept's top-K latents, those past k zeroed.
+    """[N, A·C, K]: for each of the A values k in ks (a-major) every concept's top-K latents,
+    those past k zeroed.
 
     One fit then covers every k: a zeroed (after standardizing, still zero) input keeps its
-    weight at 0, so problem (s, c) is exactly the k_s-sparse probe of concept c.
+    weight at 0, so problem (a, c) is exactly the k_a-sparse probe of concept c.
     """
-    keep_SK = np.arange(x_NCK.shape[2])[None] < np.asarray(ks)[:, None]
-    x_NSCK = x_NCK[:, None] * keep_SK[None, :, None].astype(x_NCK.dtype)
-    return x_NSCK.reshape(x_NCK.shape[0], -1, x_NCK.shape[2])
+    keep_AK = np.arange(x_NCK.shape[2])[None] < np.asarray(ks)[:, None]
+    x_NACK = x_NCK[:, None] * keep_AK[None, :, None].astype(x_NCK.dtype)
+    return x_NACK.reshape(x_NCK.shape[0], -1, x_NCK.shape[2])
 
 
 def concept_probes(acts_fn: Callable, x_train_ND, y_train_NC, x_test_ND, y_test_NC,
@@ -268,15 +269,15 @@ def concept_probes(acts_fn: Callable, x_train_ND, y_train_NC, x_test_ND, y_test_
     idx_CK, train_NCK, test_NCK = select_and_gather(acts_fn, x_train_ND, y_train_NC, x_test_ND,
                                                     max(cfg.ks))
     num_k = len(cfg.ks)
-    dense_C, sparse_SC = held_out_f1(
+    dense_C, sparse_AC = held_out_f1(
         [(x_train_ND, y_train_NC, x_test_ND, y_test_NC),
          (stack_ks(train_NCK, cfg.ks), np.tile(y_train_NC, (1, num_k)),
           stack_ks(test_NCK, cfg.ks), np.tile(y_test_NC, (1, num_k)))],
         cfg.l2, cfg.steps,
     )
-    sparse_SC = sparse_SC.reshape(num_k, -1)
+    sparse_AC = sparse_AC.reshape(num_k, -1)
     out = {"probe_f1": dense_C, "sparse_latents": idx_CK}
-    out.update({f"sparse_probe_f1_k{k}": sparse_SC[s] for s, k in enumerate(cfg.ks)})
+    out.update({f"sparse_probe_f1_k{k}": sparse_AC[a] for a, k in enumerate(cfg.ks)})
     return out
 
 

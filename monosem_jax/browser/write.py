@@ -141,8 +141,8 @@ def feature_record(
                     "examples": [ex for ex in shown if ex is not None],
                 }
             )
-    hist_H = stats.hist_FH[i]
-    occupied = np.nonzero(hist_H)[0]
+    hist_I = stats.hist_FH[i]
+    occupied = np.nonzero(hist_I)[0]
     lo, hi = (occupied[0], occupied[-1] + 1) if occupied.size else (0, 0)
     top_index = stats.top.index_FK[i][stats.top.index_FK[i] >= 0]
     focus_K = windows_WL[top_index // windows_WL.shape[1], top_index % windows_WL.shape[1]]
@@ -178,7 +178,7 @@ def feature_record(
         "f1": f1,
         "hist": {
             "edges": round_sig(stats.hist_edges_H1[lo : hi + 1], 4).tolist() if hi > lo else [],
-            "counts": hist_H[lo:hi].tolist(),
+            "counts": hist_I[lo:hi].tolist(),
         },
         "top": top,
         "quantiles": quantiles,

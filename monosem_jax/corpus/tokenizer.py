@@ -84,20 +84,20 @@ def codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def skip_whitespace(text: str, starts_T: np.ndarray) -> np.ndarray:
+def skip_whitespace(text: str, starts_N: np.ndarray) -> np.ndarray:
     """Advance each start offset past the whitespace characters of text."""
     is_ws = _is_space(codepoints(text))
     n = len(is_ws)
     # next_non_ws[i] = first index >= i holding a non-space character (n if none).
     idx = np.where(is_ws, n, np.arange(n, dtype=np.int64))
     next_non_ws = np.append(np.minimum.accumulate(idx[::-1])[::-1], n)
-    return next_non_ws[np.clip(starts_T, 0, n)]
+    return next_non_ws[np.clip(starts_N, 0, n)]
 
 
 def _spans_to_arrays(
     spans: Sequence[Any], concepts: Sequence[str], text_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check spans and return (start_S, end_S, concept_index_S)."""
+    """Check spans and return (start_J, end_J, concept_index_J)."""
     if len(concepts) > MAX_CONCEPTS:
         raise ValueError(f"{len(concepts)} concepts do not fit a uint32 mask (max {MAX_CONCEPTS})")
     index = {c: i for i, c in enumerate(concepts)}
@@ -107,36 +107,36 @@ def _spans_to_arrays(
             raise ValueError(f"span concept {concept!r} is not one of {tuple(concepts)}")
         if not 0 <= start <= end <= text_len:
             raise ValueError(f"span [{start}, {end}) is outside the text (length {text_len})")
-    start_S = np.array([f[0] for f in fields], dtype=np.int64)
-    end_S = np.array([f[1] for f in fields], dtype=np.int64)
-    concept_S = np.array([index[f[2]] for f in fields], dtype=np.int64)
-    return start_S, end_S, concept_S
+    start_J = np.array([f[0] for f in fields], dtype=np.int64)
+    end_J = np.array([f[1] for f in fields], dtype=np.int64)
+    concept_J = np.array([index[f[2]] for f in fields], dtype=np.int64)
+    return start_J, end_J, concept_J
 
 
 def _mask_from_arrays(
-    tok_start_T: np.ndarray,
-    tok_end_T: np.ndarray,
-    start_S: np.ndarray,
-    end_S: np.ndarray,
-    concept_S: np.ndarray,
+    tok_start_N: np.ndarray,
+    tok_end_N: np.ndarray,
+    start_J: np.ndarray,
+    end_J: np.ndarray,
+    concept_J: np.ndarray,
     num_concepts: int,
 ) -> np.ndarray:
     """Bit c of token t: [tok_start, tok_end) is non-empty and inside one span of concept c."""
-    mask_T = np.zeros(len(tok_start_T), dtype=np.uint32)
-    nonempty_T = tok_start_T < tok_end_T
+    mask_N = np.zeros(len(tok_start_N), dtype=np.uint32)
+    nonempty_N = tok_start_N < tok_end_N
     for c in range(num_concepts):
-        sel = concept_S == c
+        sel = concept_J == c
         if not sel.any():
             continue
-        order = np.argsort(start_S[sel], kind="stable")
-        starts = start_S[sel][order]
+        order = np.argsort(start_J[sel], kind="stable")
+        starts = start_J[sel][order]
         # Some span with start <= s and end >= e exists iff the largest end among spans
         # starting at or before s reaches e; this also handles overlapping spans exactly.
-        max_end = np.maximum.accumulate(end_S[sel][order])
-        k_T = np.searchsorted(starts, tok_start_T, side="right") - 1
-        inside_T = (k_T >= 0) & (max_end[np.maximum(k_T, 0)] >= tok_end_T) & nonempty_T
-        mask_T[inside_T] |= np.uint32(1 << c)
-    return mask_T
+        max_end = np.maximum.accumulate(end_J[sel][order])
+        k_N = np.searchsorted(starts, tok_start_N, side="right") - 1
+        inside_N = (k_N >= 0) & (max_end[np.maximum(k_N, 0)] >= tok_end_N) & nonempty_N
+        mask_N[inside_N] |= np.uint32(1 << c)
+    return mask_N
 
 
 def token_concept_mask(
@@ -145,12 +145,12 @@ def token_concept_mask(
     spans: Sequence[Any],
     concepts: Sequence[str],
 ) -> np.ndarray:
-    """Uint32 bitmask [T]: bit c set iff the token, minus leading whitespace, lies in a c-span."""
-    offsets_T2 = np.asarray(encoding_offsets, dtype=np.int64).reshape(-1, 2)
-    start_S, end_S, concept_S = _spans_to_arrays(spans, concepts, len(text))
-    tok_start_T = skip_whitespace(text, offsets_T2[:, 0])
+    """Uint32 bitmask [N]: bit c set iff the token, minus leading whitespace, lies in a c-span."""
+    offsets_N2 = np.asarray(encoding_offsets, dtype=np.int64).reshape(-1, 2)
+    start_J, end_J, concept_J = _spans_to_arrays(spans, concepts, len(text))
+    tok_start_N = skip_whitespace(text, offsets_N2[:, 0])
     return _mask_from_arrays(
-        tok_start_T, offsets_T2[:, 1], start_S, end_S, concept_S, len(concepts)
+        tok_start_N, offsets_N2[:, 1], start_J, end_J, concept_J, len(concepts)
     )
 
 
@@ -166,22 +166,22 @@ def batch_concept_masks(
     # Shift every document into one shared character axis; spans never leave their document,
     # so a token can only fall inside spans of its own document.
     text_lens = np.array([len(t) for t in texts], dtype=np.int64)
-    base_D = np.cumsum(text_lens) - text_lens
-    num_tok_D = np.array([len(o) for o in offsets_per_text], dtype=np.int64)
-    offsets_T2 = np.concatenate(
+    base_A = np.cumsum(text_lens) - text_lens
+    num_tok_A = np.array([len(o) for o in offsets_per_text], dtype=np.int64)
+    offsets_N2 = np.concatenate(
         [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in offsets_per_text]
         + [np.zeros((0, 2), dtype=np.int64)]
     )
-    offsets_T2 = offsets_T2 + np.repeat(base_D, num_tok_D)[:, None]
+    offsets_N2 = offsets_N2 + np.repeat(base_A, num_tok_A)[:, None]
     per_doc = [
         _spans_to_arrays(s, concepts, n) for s, n in zip(spans_per_text, text_lens, strict=True)
     ]
-    span_base = np.repeat(base_D, [len(p[0]) for p in per_doc])
-    start_S = np.concatenate([p[0] for p in per_doc] + [np.zeros(0, np.int64)]) + span_base
-    end_S = np.concatenate([p[1] for p in per_doc] + [np.zeros(0, np.int64)]) + span_base
-    concept_S = np.concatenate([p[2] for p in per_doc] + [np.zeros(0, np.int64)])
-    tok_start_T = skip_whitespace("".join(texts), offsets_T2[:, 0])
-    mask_T = _mask_from_arrays(
-        tok_start_T, offsets_T2[:, 1], start_S, end_S, concept_S, len(concepts)
+    span_base = np.repeat(base_A, [len(p[0]) for p in per_doc])
+    start_J = np.concatenate([p[0] for p in per_doc] + [np.zeros(0, np.int64)]) + span_base
+    end_J = np.concatenate([p[1] for p in per_doc] + [np.zeros(0, np.int64)]) + span_base
+    concept_J = np.concatenate([p[2] for p in per_doc] + [np.zeros(0, np.int64)])
+    tok_start_N = skip_whitespace("".join(texts), offsets_N2[:, 0])
+    mask_N = _mask_from_arrays(
+        tok_start_N, offsets_N2[:, 1], start_J, end_J, concept_J, len(concepts)
     )
-    return np.split(mask_T, np.cumsum(num_tok_D)[:-1])
+    return np.split(mask_N, np.cumsum(num_tok_A)[:-1])

@@ -99,39 +99,39 @@ def context_gain_of(losses_fn, split: dataset.Split, concepts, cfg: ProbeConfig)
     if len(set(topics.tolist())) < 2:
         return empty
     rng = np.random.default_rng(cfg.seed)
-    a_P = rng.integers(0, len(starts), cfg.num_pairs)
-    b_P = rng.integers(0, len(starts), cfg.num_pairs)
+    a_N = rng.integers(0, len(starts), cfg.num_pairs)
+    b_N = rng.integers(0, len(starts), cfg.num_pairs)
     for _ in range(100):  # redraw B until every pair's topics differ
-        same = topics[a_P] == topics[b_P]
+        same = topics[a_N] == topics[b_N]
         if not same.any():
             break
-        b_P[same] = rng.integers(0, len(starts), int(same.sum()))
-    keep = topics[a_P] != topics[b_P]
-    a_P, b_P = a_P[keep], b_P[keep]
+        b_N[same] = rng.integers(0, len(starts), int(same.sum()))
+    keep = topics[a_N] != topics[b_N]
+    a_N, b_N = a_N[keep], b_N[keep]
     offsets_L = np.arange(length)
     tokens = np.asarray(split.tokens_N)
     labels = np.asarray(split.labels_N)
-    own_PL = tokens[starts[a_P, None] - 1 + offsets_L].astype(np.int32)
-    spliced_PL = own_PL.copy()
-    spliced_PL[:, : cfg.prefix] = tokens[starts[b_P, None] - 1 + offsets_L[: cfg.prefix]]
+    own_NL = tokens[starts[a_N, None] - 1 + offsets_L].astype(np.int32)
+    spliced_NL = own_NL.copy()
+    spliced_NL[:, : cfg.prefix] = tokens[starts[b_N, None] - 1 + offsets_L[: cfg.prefix]]
     # Target at window position p is scored when p is in [score_start, score_end) and carries
     # A's topic; losses[:, p - 1] predicts position p.
-    bit_P = np.asarray(topic_bits)[topics[a_P]].astype(np.uint32)
-    target_labels_PL = labels[starts[a_P, None] - 1 + offsets_L]
-    is_topic_PL = (target_labels_PL >> bit_P[:, None]) & 1 == 1
-    scored_PL = np.zeros_like(is_topic_PL)
-    scored_PL[:, cfg.score_start : cfg.score_end] = is_topic_PL[:, cfg.score_start : cfg.score_end]
-    scored_PL1 = scored_PL[:, 1:]  # aligned with the loss of predicting positions 1..L-1
-    own, spliced = losses_fn(own_PL), losses_fn(spliced_PL)
-    n = int(scored_PL1.sum())
+    bit_N = np.asarray(topic_bits)[topics[a_N]].astype(np.uint32)
+    target_labels_NL = labels[starts[a_N, None] - 1 + offsets_L]
+    is_topic_NL = (target_labels_NL >> bit_N[:, None]) & 1 == 1
+    scored_NL = np.zeros_like(is_topic_NL)
+    scored_NL[:, cfg.score_start : cfg.score_end] = is_topic_NL[:, cfg.score_start : cfg.score_end]
+    scored_NL1 = scored_NL[:, 1:]  # aligned with the loss of predicting positions 1..L-1
+    own, spliced = losses_fn(own_NL), losses_fn(spliced_NL)
+    n = int(scored_NL1.sum())
     if n == 0:
-        return {**empty, "topic_pairs": int(len(a_P))}
-    own_loss, spliced_loss = float(own[scored_PL1].mean()), float(spliced[scored_PL1].mean())
+        return {**empty, "topic_pairs": int(len(a_N))}
+    own_loss, spliced_loss = float(own[scored_NL1].mean()), float(spliced[scored_NL1].mean())
     return {
         "topic_context_gain": spliced_loss - own_loss,
         "topic_loss_own": own_loss,
         "topic_loss_spliced": spliced_loss,
-        "topic_pairs": int(len(a_P)),
+        "topic_pairs": int(len(a_N)),
         "topic_scored_tokens": n,
     }
 

@@ -114,27 +114,27 @@ class _Hooks:
         return x
 
 
-def causal_attention(q_BLHK: jax.Array, k_BLHK: jax.Array, v_BLHK: jax.Array) -> jax.Array:
+def causal_attention(q_BLHZ: jax.Array, k_BLHZ: jax.Array, v_BLHZ: jax.Array) -> jax.Array:
     """Softmax attention with a causal mask; scores and softmax in float32."""
-    scale = q_BLHK.shape[-1] ** -0.5
-    scores_BHLL = jnp.einsum("blhk,bmhk->bhlm", q_BLHK, k_BLHK).astype(jnp.float32) * scale
-    length = q_BLHK.shape[1]
+    scale = q_BLHZ.shape[-1] ** -0.5
+    scores_BHLL = jnp.einsum("blhz,bmhz->bhlm", q_BLHZ, k_BLHZ).astype(jnp.float32) * scale
+    length = q_BLHZ.shape[1]
     causal_LL = jnp.tril(jnp.ones((length, length), dtype=bool))
     scores_BHLL = jnp.where(causal_LL, scores_BHLL, jnp.finfo(jnp.float32).min)
-    probs_BHLL = jax.nn.softmax(scores_BHLL, axis=-1).astype(v_BLHK.dtype)
-    return jnp.einsum("bhlm,bmhk->blhk", probs_BHLL, v_BLHK)
+    probs_BHLL = jax.nn.softmax(scores_BHLL, axis=-1).astype(v_BLHZ.dtype)
+    return jnp.einsum("bhlm,bmhz->blhz", probs_BHLL, v_BLHZ)
 
 
-def rope(x_BLHK: jax.Array, base: float = 10000.0) -> jax.Array:
+def rope(x_BLHZ: jax.Array, base: float = 10000.0) -> jax.Array:
     """Rotary position embedding (rotate-half convention) over the head dimension."""
-    length, d_head = x_BLHK.shape[1], x_BLHK.shape[-1]
-    inv_freq_K = 1.0 / base ** (jnp.arange(0, d_head, 2, dtype=jnp.float32) / d_head)
-    angles_LK = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq_K[None, :]
-    cos_1L1K = jnp.cos(angles_LK)[None, :, None, :]
-    sin_1L1K = jnp.sin(angles_LK)[None, :, None, :]
-    x1, x2 = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos_1L1K - x2 * sin_1L1K, x2 * cos_1L1K + x1 * sin_1L1K], axis=-1)
-    return out.astype(x_BLHK.dtype)
+    length, d_head = x_BLHZ.shape[1], x_BLHZ.shape[-1]
+    inv_freq_Z = 1.0 / base ** (jnp.arange(0, d_head, 2, dtype=jnp.float32) / d_head)
+    angles_LZ = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq_Z[None, :]
+    cos_1L1Z = jnp.cos(angles_LZ)[None, :, None, :]
+    sin_1L1Z = jnp.sin(angles_LZ)[None, :, None, :]
+    x1, x2 = jnp.split(x_BLHZ.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos_1L1Z - x2 * sin_1L1Z, x2 * cos_1L1Z + x1 * sin_1L1Z], axis=-1)
+    return out.astype(x_BLHZ.dtype)
 
 
 def _dense(features: int, cfg: GPTConfig, name: str, std: float = 0.02):
@@ -165,15 +165,15 @@ class Block(nn.Module):
         x_BLD = hooks(prefix + "hook_resid_pre", x_BLD)
 
         h_BLD = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.dtype, name="ln_attn")(x_BLD)
-        qkv_BL3HK = _dense(3 * cfg.d_model, cfg, "qkv")(h_BLD).reshape(
+        qkv_BL3HZ = _dense(3 * cfg.d_model, cfg, "qkv")(h_BLD).reshape(
             *h_BLD.shape[:2], 3, cfg.n_heads, cfg.d_head
         )
-        q_BLHK, k_BLHK, v_BLHK = (qkv_BL3HK[:, :, i] for i in range(3))
+        q_BLHZ, k_BLHZ, v_BLHZ = (qkv_BL3HZ[:, :, i] for i in range(3))
         if cfg.positional == "rope":
-            q_BLHK, k_BLHK = rope(q_BLHK), rope(k_BLHK)
-        attn_BLHK = causal_attention(q_BLHK, k_BLHK, v_BLHK)
+            q_BLHZ, k_BLHZ = rope(q_BLHZ), rope(k_BLHZ)
+        attn_BLHZ = causal_attention(q_BLHZ, k_BLHZ, v_BLHZ)
         attn_BLD = _dense(cfg.d_model, cfg, "attn_out", out_std)(
-            attn_BLHK.reshape(*attn_BLHK.shape[:2], cfg.d_model)
+            attn_BLHZ.reshape(*attn_BLHZ.shape[:2], cfg.d_model)
         )
         attn_BLD = hooks(prefix + "hook_attn_out", attn_BLD)
         x_BLD = hooks(prefix + "hook_resid_mid", x_BLD + attn_BLD)

@@ -139,12 +139,12 @@ def prompt_acts(st: SearchStatic, lm_params, sae, tokens_PL, scored_P2) -> jax.A
 @functools.partial(jax.jit, static_argnames="st")
 def _summarise(lm_params, sae, tokens_PL, scored_P2, st: SearchStatic):
     a_PLF = prompt_acts(st, lm_params, sae, tokens_PL, scored_P2)
-    tok_acts_PLN, tok_ids_PLN = jax.lax.top_k(a_PLF, st.top_n)
+    tok_acts_PLK, tok_ids_PLK = jax.lax.top_k(a_PLF, st.top_n)
     count_P = jnp.maximum(scored_P2[:, 1] - scored_P2[:, 0], 1).astype(jnp.float32)
     mean_PF = a_PLF.sum(1) / count_P[:, None]
-    top_max_PN, top_ids_PN = jax.lax.top_k(a_PLF.max(1), st.top_n)
-    top_mean_PN = jnp.take_along_axis(mean_PF, top_ids_PN, axis=1)
-    return tok_ids_PLN, tok_acts_PLN, top_ids_PN, top_max_PN, top_mean_PN
+    top_max_PK, top_ids_PK = jax.lax.top_k(a_PLF.max(1), st.top_n)
+    top_mean_PK = jnp.take_along_axis(mean_PF, top_ids_PK, axis=1)
+    return tok_ids_PLK, tok_acts_PLK, top_ids_PK, top_max_PK, top_mean_PK
 
 
 def prompt_maxima(st: SearchStatic, lm_params, sae, tokens_PL, scored_P2) -> jax.Array:
@@ -202,8 +202,8 @@ def rank_features(max_PF, pos_P, neg_P, st: SearchStatic):
     max_diff, then to the lower id.
     """
     score_F = SCORES[st.score](max_PF, pos_P, neg_P)
-    ids_N = jnp.lexsort((-max_diff(max_PF, pos_P, neg_P), -score_F))[: st.top_n]
-    return ids_N, score_F[ids_N], _mean_over(pos_P, max_PF)[ids_N], _mean_over(neg_P, max_PF)[ids_N]
+    ids_K = jnp.lexsort((-max_diff(max_PF, pos_P, neg_P), -score_F))[: st.top_n]
+    return ids_K, score_F[ids_K], _mean_over(pos_P, max_PF)[ids_K], _mean_over(neg_P, max_PF)[ids_K]
 
 
 @functools.partial(jax.jit, static_argnames="st")

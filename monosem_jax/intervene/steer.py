@@ -1,7 +1,7 @@
 """Steering: generate with SAE features clamped at the hook, several clamp values in one program.
 
 Every clamp value (a dose) runs in the same compiled sampler, vmapped over the values, with the
-same random keys: member v and the unsteered baseline draw the same uniforms, so a change in the
+same random keys: member y and the unsteered baseline draw the same uniforms, so a change in the
 text is the clamp's doing and not sampling noise (common random numbers). Within a member the
 vmap runs over prompts, and each prompt is continued `num_samples` times.
 
@@ -104,37 +104,37 @@ def max_activations(model: splice.SplicedModel, workdir: str, ids_K: np.ndarray,
     jax.jit,
     static_argnames=("model_cfg", "num_samples", "num_new", "top_k", "buffer_len"),
 )
-def generate(lm_params, sae, tokens_PL, lengths_P, ids_K, values_VK, active_V, rng,
+def generate(lm_params, sae, tokens_PL, lengths_P, ids_K, values_YK, active_Y, rng,
              temperature, *, model_cfg, num_samples, num_new, top_k, buffer_len):
-    """Token buffers [V, P, S, buffer_len]: prompt p continued S times under clamp member v.
+    """Token buffers [Y, P, N, buffer_len]: prompt p continued N times under clamp member y.
 
-    Member v clamps features ids_K to values_VK[v] where active_V[v] (else: unsteered). Every
+    Member y clamps features ids_K to values_YK[y] where active_Y[y] (else: unsteered). Every
     member uses the same keys, so members differ only through their clamps.
     """
     keys_P = jax.random.split(rng, tokens_PL.shape[0])
 
     def one(values_K, active, prompt_L, length, key):
-        prompt_SL = jnp.broadcast_to(prompt_L, (num_samples, prompt_L.shape[0]))
+        prompt_NL = jnp.broadcast_to(prompt_L, (num_samples, prompt_L.shape[0]))
         steer = {sae.hook: lambda x: splice.clamp(sae, x, ids_K, values_K, active)}
         return gpt_sample.sample_loop(
-            model_cfg, lm_params, prompt_SL, length, key, num_new=num_new,
+            model_cfg, lm_params, prompt_NL, length, key, num_new=num_new,
             temperature=temperature, top_k=top_k, intervene=steer, buffer_len=buffer_len,
         )
 
     over_prompts = jax.vmap(one, in_axes=(None, None, 0, 0, 0))
     return jax.vmap(over_prompts, in_axes=(0, 0, None, None, None))(
-        values_VK, active_V, tokens_PL, lengths_P, keys_P
+        values_YK, active_Y, tokens_PL, lengths_P, keys_P
     )
 
 
 # --------------------------------------------------------------------------------- host code
 
 
-def continuations(model: splice.SplicedModel, buffers_VPSL: np.ndarray, lengths_P: np.ndarray,
+def continuations(model: splice.SplicedModel, buffers_YPNL: np.ndarray, lengths_P: np.ndarray,
                   num_new: int) -> list[list[list[str]]]:
-    """Decoded continuations [V][P][S], each cut at the first end-of-text token."""
+    """Decoded continuations [Y][P][N], each cut at the first end-of-text token."""
     out = []
-    for member in buffers_VPSL:
+    for member in buffers_YPNL:
         rows = []
         for p, samples in enumerate(member):
             texts = []
@@ -148,29 +148,29 @@ def continuations(model: splice.SplicedModel, buffers_VPSL: np.ndarray, lengths_
     return out
 
 
-def steer(model: splice.SplicedModel, prompts, feature_ids, values_VK: np.ndarray, *,
+def steer(model: splice.SplicedModel, prompts, feature_ids, values_YK: np.ndarray, *,
           num_samples: int = 4, num_new: int = 40, temperature: float = 1.0, top_k: int = 0,
           seed: int = 0) -> dict:
-    """Baseline and steered continuations: {"baseline": [P][S], "steered": [V][P][S]}.
+    """Baseline and steered continuations: {"baseline": [P][N], "steered": [Y][P][N]}.
 
-    values_VK are reported activations (one row per dose, one column per feature).
+    values_YK are reported activations (one row per dose, one column per feature).
     """
     ids_K = splice.check_feature_ids(model, feature_ids)
-    values_VK = np.asarray(values_VK, np.float32).reshape(-1, len(ids_K))
+    values_YK = np.asarray(values_YK, np.float32).reshape(-1, len(ids_K))
     tokens_PL, lengths_P = splice.tokenize_prompts(model, prompts, room=num_new)
-    # Member 0 is the baseline (clamp switched off); members 1..V are the doses.
-    all_VK = np.concatenate([np.zeros_like(values_VK[:1]), values_VK])
-    active_V = np.arange(all_VK.shape[0]) > 0
+    # Member 0 is the baseline (clamp switched off); members 1..Y are the doses.
+    all_YK = np.concatenate([np.zeros_like(values_YK[:1]), values_YK])
+    active_Y = np.arange(all_YK.shape[0]) > 0
     buffers = generate(
         model.lm_params, model.sae, tokens_PL, lengths_P,
-        jnp.asarray(ids_K), jnp.asarray(all_VK), jnp.asarray(active_V), jax.random.key(seed),
+        jnp.asarray(ids_K), jnp.asarray(all_YK), jnp.asarray(active_Y), jax.random.key(seed),
         jnp.float32(temperature), model_cfg=model.model_cfg, num_samples=num_samples,
         num_new=num_new,
         top_k=top_k, buffer_len=tokens_PL.shape[1] + num_new,
     )
-    buffers_VPSL = np.asarray(buffers)
-    texts = continuations(model, buffers_VPSL, lengths_P, num_new)
-    return {"baseline": texts[0], "steered": texts[1:], "tokens": buffers_VPSL,
+    buffers_YPNL = np.asarray(buffers)
+    texts = continuations(model, buffers_YPNL, lengths_P, num_new)
+    return {"baseline": texts[0], "steered": texts[1:], "tokens": buffers_YPNL,
             "prompt_lengths": lengths_P}
 
 
@@ -181,23 +181,23 @@ def _token_nll(lm_params, tokens_BL, *, model_cfg):
     return optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL[:, 1:])
 
 
-def continuation_nll(model: splice.SplicedModel, buffers_VPSL: np.ndarray, lengths_P: np.ndarray,
+def continuation_nll(model: splice.SplicedModel, buffers_YPNL: np.ndarray, lengths_P: np.ndarray,
                      num_new: int) -> np.ndarray:
-    """Mean loss [V] (nats per token) of each member's continuations under the unsteered LM,
+    """Mean loss [Y] (nats per token) of each member's continuations under the unsteered LM,
     over the generated tokens up to and including a first end-of-text token: exp of it is the
     fluency guard's perplexity (steered text the unsteered model finds unlikely scores high)."""
-    v, p, s, length = buffers_VPSL.shape
-    nll_BL = np.asarray(_token_nll(model.lm_params, jnp.asarray(buffers_VPSL.reshape(-1, length)),
-                                   model_cfg=model.model_cfg)).reshape(v, p, s, length - 1)
+    y, p, n, length = buffers_YPNL.shape
+    nll_BL = np.asarray(_token_nll(model.lm_params, jnp.asarray(buffers_YPNL.reshape(-1, length)),
+                                   model_cfg=model.model_cfg)).reshape(y, p, n, length - 1)
     # nll[..., t - 1] scores the token at slot t; generated slots are [len_p, len_p + num_new).
     slot_L = np.arange(1, length)
-    mask_VPSL = np.zeros((v, p, s, length - 1), bool)
+    mask_YPNL = np.zeros((y, p, n, length - 1), bool)
     for i, start in enumerate(lengths_P.tolist()):
-        mask_VPSL[:, i] = (slot_L >= start) & (slot_L < start + num_new)
-    is_eot = (buffers_VPSL[..., 1:] == model.eot) & mask_VPSL
+        mask_YPNL[:, i] = (slot_L >= start) & (slot_L < start + num_new)
+    is_eot = (buffers_YPNL[..., 1:] == model.eot) & mask_YPNL
     after_eot = (np.cumsum(is_eot, axis=-1) - is_eot) > 0  # keep the first EOT, drop the rest
-    mask_VPSL &= ~after_eot
-    return (nll_BL * mask_VPSL).sum(axis=(1, 2, 3)) / np.maximum(mask_VPSL.sum(axis=(1, 2, 3)), 1)
+    mask_YPNL &= ~after_eot
+    return (nll_BL * mask_YPNL).sum(axis=(1, 2, 3)) / np.maximum(mask_YPNL.sum(axis=(1, 2, 3)), 1)
 
 
 def _side_by_side(prompts, values, result, unit: str) -> str:
@@ -219,19 +219,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = splice.load(workdir, cfg.sae_name)
     ids_K = splice.check_feature_ids(model, cfg.features)
     splice.tokenize_prompts(model, cfg.prompts, room=cfg.num_new)  # bad prompts fail early
-    values_V = np.asarray(cfg.clamp_values, np.float32)
+    values_Y = np.asarray(cfg.clamp_values, np.float32)
     max_K = max_activations(model, workdir, ids_K, cfg.max_tokens)
     if cfg.scale == "max":
         if np.any(max_K <= 0):
             dead = ids_K[max_K <= 0].tolist()
             raise ValueError(f"features {dead} never fire on eval tokens; use scale=absolute")
-        values_VK = values_V[:, None] * max_K[None]
+        values_YK = values_Y[:, None] * max_K[None]
     else:
-        values_VK = np.broadcast_to(values_V[:, None], (len(values_V), len(ids_K)))
+        values_YK = np.broadcast_to(values_Y[:, None], (len(values_Y), len(ids_K)))
     logging.info("steer %s: features %s (max act %s), %d doses x %d prompts x %d samples",
-                 model.sae.name, ids_K.tolist(), np.round(max_K, 3).tolist(), len(values_V),
+                 model.sae.name, ids_K.tolist(), np.round(max_K, 3).tolist(), len(values_Y),
                  len(cfg.prompts), cfg.num_samples)
-    result = steer(model, cfg.prompts, ids_K, values_VK, num_samples=cfg.num_samples,
+    result = steer(model, cfg.prompts, ids_K, values_YK, num_samples=cfg.num_samples,
                    num_new=cfg.num_new, temperature=cfg.temperature, top_k=cfg.top_k,
                    seed=cfg.seed)
     name = cfg.name or "steer_" + "_".join(map(str, ids_K.tolist()))
@@ -247,7 +247,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {
         "sae_name": model.sae.name, "hook": model.hook, "features": ids_K.tolist(),
         "max_activation": max_K.tolist(), "scale": cfg.scale, "doses": list(cfg.clamp_values),
-        "clamp_values": values_VK.tolist(), "prompts": list(cfg.prompts),
+        "clamp_values": values_YK.tolist(), "prompts": list(cfg.prompts),
         "num_samples": cfg.num_samples, "num_new": cfg.num_new,
         "temperature": cfg.temperature, "top_k": cfg.top_k, "seed": cfg.seed,
         "baseline": result["baseline"], "steered": result["steered"],

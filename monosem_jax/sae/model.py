@@ -141,15 +141,15 @@ def init_params(cfg: SAEConfig, key: jax.Array) -> Params:
     return params
 
 
-def row_norms(w_RD: jax.Array) -> jax.Array:
+def row_norms(w_AD: jax.Array) -> jax.Array:
     """The L2 norm of each row [R] (R: any row axis, e.g. features)."""
-    return jnp.sqrt(jnp.sum(jnp.square(w_RD), axis=1))
+    return jnp.sqrt(jnp.sum(jnp.square(w_AD), axis=1))
 
 
-def unit_rows(w_RD: jax.Array, eps: float = 0.0) -> jax.Array:
+def unit_rows(w_AD: jax.Array, eps: float = 0.0) -> jax.Array:
     """Each row divided by its L2 norm (by eps where the norm is smaller: zero rows stay 0)."""
-    norms_R = row_norms(w_RD)
-    return w_RD / (jnp.maximum(norms_R, eps) if eps else norms_R)[:, None]
+    norms_A = row_norms(w_AD)
+    return w_AD / (jnp.maximum(norms_A, eps) if eps else norms_A)[:, None]
 
 
 def decoder_norms(params: Params) -> jax.Array:

@@ -230,9 +230,9 @@ def resample_dead(state: State, x_ND: jax.Array, key: jax.Array, hp: HParams | N
     num_n, num_f = x_ND.shape[0], cfg.d_sae
     num_m = min(num_f, num_n)
     logits_N = 2.0 * jnp.log(jnp.maximum(sq_err_N, 1e-30))
-    _, pick_M = jax.lax.top_k(logits_N + jax.random.gumbel(key, (num_n,), jnp.float32), num_m)
+    _, pick_K = jax.lax.top_k(logits_N + jax.random.gumbel(key, (num_n,), jnp.float32), num_m)
     rank_F = jnp.cumsum(dead_F.astype(jnp.int32)) - 1
-    x_FD = x_ND[pick_M[jnp.maximum(rank_F, 0) % num_m]]
+    x_FD = x_ND[pick_K[jnp.maximum(rank_F, 0) % num_m]]
     dir_FD = model.unit_rows(x_FD, eps=1e-30)
 
     enc_norm_F = model.row_norms(params["w_enc_DF"].T)
