@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import os
 import sys
@@ -25,12 +26,32 @@ def default_config(relative: str) -> str:
     return str(importlib.resources.files("monosem_jax.configs").joinpath(relative))
 
 
+@dataclasses.dataclass
+class _InProcess:
+    """A `run_in_process` call under way: its command line, its own flags, its exit code."""
+
+    argv: list[str]
+    flag_values: flags.FlagValues
+    exit_code: int | None = None
+
+
+_in_process: _InProcess | None = None
+
+
 def define_flags(default_config_path: str) -> None:
+    flag_values = _in_process.flag_values if _in_process else flags.FLAGS
     config_flags.DEFINE_config_file(
-        "config", default_config_path, "Config file (path[:arg]).", lock_config=True
+        "config",
+        default_config_path,
+        "Config file (path[:arg]).",
+        flag_values=flag_values,
+        lock_config=True,
+        sys_argv=_in_process.argv if _in_process else None,  # where --config.x overrides are
     )
-    flags.DEFINE_string("workdir", None, "Work directory holding every stage's outputs.")
-    flags.mark_flags_as_required(["workdir"])
+    flags.DEFINE_string(
+        "workdir", None, "Work directory holding every stage's outputs.", flag_values=flag_values
+    )
+    flags.mark_flags_as_required(["workdir"], flag_values=flag_values)
 
 
 class _QuietLibraries:
@@ -42,22 +63,56 @@ class _QuietLibraries:
         return record.levelno >= 30 or not noisy
 
 
+def _main(fn, flag_values: flags.FlagValues, argv: list[str]) -> int:
+    """The binary's body: `fn(config, workdir)`; a user error is one `error:` line and 2."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    workdir = os.path.abspath(os.path.expanduser(flag_values.workdir))
+    try:
+        fn(flag_values.config, workdir)
+    except USER_ERRORS as e:
+        if os.environ.get("MONOSEM_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
 def run(fn) -> None:
     """Runs `fn(config, workdir)` under absl with user errors reported as one clean line."""
+    if _in_process:
+        flag_values = _in_process.flag_values
+        _in_process.exit_code = _main(fn, flag_values, flag_values(_in_process.argv))
+        return
 
     def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         logging.set_verbosity(logging.INFO)
         logging.get_absl_handler().addFilter(_QuietLibraries())
-        workdir = os.path.abspath(os.path.expanduser(flags.FLAGS.workdir))
-        try:
-            fn(flags.FLAGS.config, workdir)
-        except USER_ERRORS as e:
-            if os.environ.get("MONOSEM_DEBUG"):
-                raise
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        code = _main(fn, flags.FLAGS, argv)
+        if code:
+            sys.exit(code)
 
     app.run(main)
+
+
+def run_in_process(run_main, argv: list[str]) -> int:
+    """Runs a binary's `run_main` (e.g. `monosem_jax.sae.main.run_main`) with the command line
+    `argv` in this process and returns the exit code the binary would exit with.
+
+    The same flags, config overrides, stage and one-line `error:` report as the binary, on a
+    fresh set of flags (the global absl FLAGS are left alone) and without absl's process setup
+    (logging levels and handlers stay the caller's), so tests check a binary's messages without
+    paying a new process's imports and compiles.
+    """
+    global _in_process
+    if _in_process:
+        raise RuntimeError("run_in_process does not nest")
+    _in_process = _InProcess(["monosem", *argv], flags.FlagValues())
+    try:
+        run_main()
+        if _in_process.exit_code is None:
+            raise RuntimeError(f"{run_main} did not call cli.run")
+        return _in_process.exit_code
+    finally:
+        _in_process = None

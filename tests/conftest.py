@@ -11,8 +11,29 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    """The binaries that tests launch share one persistent XLA compilation cache (fresh for each
+    session), so a program compiles once, in the first process that needs it, not in every launch.
+
+    Only child processes see these variables: this process read jax's config when it imported jax
+    above, and keeps its own in-memory cache.
+    """
+    cache = tempfile.mkdtemp(prefix="monosem-test-xla-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    # ml_collections loads a binary's --config file with a deprecated importlib call; binaries
+    # run in this process (`run_binary`) would repeat its warning in every test summary.
+    config.addinivalue_line(
+        "filterwarnings", r"ignore:the load_module\(\) method is deprecated:DeprecationWarning"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +79,23 @@ def copy_workdir(tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture
+def run_binary(capfd):
+    """Runs a binary in this process: `run_binary(module.run_main, "--workdir=W", ...)`.
+
+    The binary's own flags, config overrides, stage and one-line `error:` report
+    (`monosem_jax.cli.run_in_process`) without a new process's imports and compiles; returns a
+    CompletedProcess with the exit code the binary would exit with and what it printed. Each
+    binary's exit-code plumbing keeps one test that launches the real process.
+    """
+    from monosem_jax import cli
+
+    def run(run_main, *argv):
+        capfd.readouterr()  # only this run's output
+        code = cli.run_in_process(run_main, [str(a) for a in argv])
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([run_main.__module__, *argv], code, out, err)
+
+    return run
