@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from monosem_jax.gpt import model as gpt_model
+from monosem_jax.intervene import attribute_main, splice
 from monosem_jax.intervene import attribution as attr
-from monosem_jax.intervene import splice
+from monosem_jax.sae import artifact as sae_artifact
 
 PROMPT = "Lily went to the park. She saw a big dog"
 
@@ -74,8 +75,8 @@ def test_ablation_of_one_feature_matches_a_direct_intervention(spliced):
     _, captured = gpt_model.forward(
         model.model_cfg, model.lm_params, tokens_L[None], capture=[sae.hook]
     )
-    a_1L = splice.feature_acts(sae, captured[sae.hook])[..., i].at[:, 0].set(0.0)
-    d_D = splice.directions(sae, jnp.array([i]))[0]
+    a_1L = sae_artifact.feature_acts(sae, captured[sae.hook])[..., i].at[:, 0].set(0.0)
+    d_D = sae_artifact.feature_directions(sae, jnp.array([i]))[0]
     logits_1LV, _ = gpt_model.forward(
         model.model_cfg, model.lm_params, tokens_L[None],
         intervene={sae.hook: lambda x: x - a_1L[..., None] * d_D[None, None]},
@@ -122,19 +123,18 @@ def test_parse_target(spliced):
             attr.parse_target(model, bad)
 
 
-def _cli(workdir, *flags):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "monosem_jax.intervene.attribute_main", f"--workdir={workdir}",
-         "--config=monosem_jax/configs/attribution/default.py:smoke", *flags],
-        capture_output=True, text=True, env=env, timeout=300,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "monosem_jax", "configs", "attribution", "default.py:smoke")
 
 
-def test_cli_writes_json_and_png(sae_workdir, copy_workdir):
+def _cli(run_binary, workdir, *flags):
+    return run_binary(attribute_main.run_main, f"--workdir={workdir}", f"--config={CONFIG}",
+                      *flags)
+
+
+def test_cli_writes_json_and_png(sae_workdir, copy_workdir, run_binary):
     workdir = copy_workdir(sae_workdir)
-    proc = _cli(workdir, "--config.name=t", "--config.target=logit:next")
+    proc = _cli(run_binary, workdir, "--config.name=t", "--config.target=logit:next")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["json"] == os.path.join(workdir, "attribution", "t.json")
@@ -150,9 +150,22 @@ def test_cli_writes_json_and_png(sae_workdir, copy_workdir):
     ("--config.chunk=0", "chunk"),
     ("--config.sae_name=nope", "no SAE run"),
 ])
-def test_cli_bad_inputs_exit_2_with_one_line(sae_workdir, flag, message):
-    proc = _cli(sae_workdir, flag)
+def test_cli_bad_inputs_exit_2_with_one_line(sae_workdir, flag, message, run_binary):
+    proc = _cli(run_binary, sae_workdir, flag)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert not os.path.exists(os.path.join(sae_workdir, "attribution"))
+
+
+def test_binary_exits_2_with_one_error_line(sae_workdir):
+    """The exit-code plumbing of the real process (the messages are checked in-process above)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "monosem_jax.intervene.attribute_main", f"--workdir={sae_workdir}",
+         f"--config={CONFIG}", "--config.chunk=0"],
+        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [proc.stderr.strip().splitlines()[-1]] and "chunk" in errors[0], proc.stderr
     assert not os.path.exists(os.path.join(sae_workdir, "attribution"))

@@ -12,21 +12,14 @@ from monosem_jax import pipeline
 from monosem_jax.configs.pipeline import tiny
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+CONFIG = f"{os.path.dirname(tiny.__file__)}/tiny.py:smoke"
 
 
-def _run(workdir, *flags):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monosem_jax.pipeline",
-            f"--workdir={workdir}",
-            f"--config={os.path.dirname(tiny.__file__)}/tiny.py:smoke",
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
+@pytest.fixture
+def run(run_binary):
+    """The monosem-pipeline binary, run in this process (its exit-code plumbing: the last test)."""
+    return lambda workdir, *flags: run_binary(
+        pipeline.run_main, f"--workdir={workdir}", f"--config={CONFIG}", *flags
     )
 
 
@@ -34,11 +27,11 @@ def _run(workdir, *flags):
     "content, message",
     [(None, "no such file"), (b"", "empty"), (b"caf\xe9 au lait\n", "UTF-8")],
 )
-def test_bad_corpus_is_one_clear_line(tmp_path, content, message):
+def test_bad_corpus_is_one_clear_line(tmp_path, content, message, run):
     path = tmp_path / "stories.txt"
     if content is not None:
         path.write_bytes(content)
-    out = _run(tmp_path / "w", f"--config.corpus.path={path}")
+    out = run(tmp_path / "w", f"--config.corpus.path={path}")
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(path) in last
@@ -46,8 +39,8 @@ def test_bad_corpus_is_one_clear_line(tmp_path, content, message):
     assert not (tmp_path / "w" / "corpus" / "summary.json").exists()
 
 
-def test_bad_config_value_is_one_clear_line(tmp_path):
-    out = _run(tmp_path / "w", "--config.lm.model.n_heads=3")
+def test_bad_config_value_is_one_clear_line(tmp_path, run):
+    out = run(tmp_path / "w", "--config.lm.model.n_heads=3")
     assert out.returncode == 2
     assert "n_heads" in out.stderr.strip().splitlines()[-1]
 
@@ -90,8 +83,9 @@ def test_stage_order_and_folders():
         assert set(stage.sections) <= set(json.loads(tiny.get_config().to_json()))
 
 
-def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path):
-    out = _run(tmp_path / "w")
+def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path, run, caplog):
+    caplog.set_level("INFO", logger="absl")
+    out = run(tmp_path / "w")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(summary) == {"corpus", "lm", "acts", "sae", "eval", "browser", "compare", "report",
@@ -100,9 +94,10 @@ def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path):
     report = (tmp_path / "w" / "report.md").read_text()
     assert "## Planted concepts" in report and "![LM loss](report/lm_loss.png)" in report
     assert (tmp_path / "w" / "report" / "lm_loss.png").stat().st_size > 1000
-    again = _run(tmp_path / "w")
+    caplog.clear()
+    again = run(tmp_path / "w")
     assert again.returncode == 0
-    assert again.stderr.count("nothing to do") >= 5  # finished stages are skipped
+    assert caplog.text.count("nothing to do") >= 5  # finished stages are skipped
 
 
 def test_report_escapes_corpus_text():
@@ -130,3 +125,17 @@ def test_public_api_resolves_lazily():
     assert all(callable(getattr(monosem_jax, name)) for name in monosem_jax.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         monosem_jax.nope  # noqa: B018
+
+
+def test_binary_exits_2_with_one_error_line(tmp_path):
+    """The exit-code plumbing of the real process (the messages are checked in-process above)."""
+    path = tmp_path / "stories.txt"
+    out = subprocess.run(
+        [sys.executable, "-m", "monosem_jax.pipeline", f"--workdir={tmp_path / 'w'}",
+         f"--config={CONFIG}", f"--config.corpus.path={path}"],
+        capture_output=True, text=True, env=ENV,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [out.stderr.strip().splitlines()[-1]], out.stderr[-2000:]
+    assert str(path) in errors[0] and "no such file" in errors[0].lower()

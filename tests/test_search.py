@@ -13,7 +13,8 @@ import pytest
 
 from monosem_jax.configs.search import default as search_default
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.intervene import search, splice
+from monosem_jax.intervene import search, search_main, splice
+from monosem_jax.sae import artifact as sae_artifact
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 PROMPTS = ["The fish swam in the big sea.", "Lily said, \"I am happy!\"", "Tom",
@@ -46,7 +47,7 @@ def _direct_uncached(model, prompt) -> np.ndarray:
     def acts(lm_params, tokens_1L):
         _, captured = gpt_model.forward(model.model_cfg, lm_params, tokens_1L,
                                         capture=[model.hook])
-        return splice.feature_acts(model.sae, captured[model.hook])
+        return sae_artifact.feature_acts(model.sae, captured[model.hook])
 
     return np.asarray(acts(model.lm_params, tokens_1L))[0, 1 + skip :]
 
@@ -126,18 +127,18 @@ def test_rank_features_known_answer():
     assert search.split_prompts(" a || b|c ||  ||") == [" a ", " b|c "]
 
 
-def _cli(workdir, *flags):
+def _args(workdir, *flags):
     config = os.path.join(os.path.dirname(search_default.__file__), "default.py:smoke")
-    return subprocess.run(
-        [sys.executable, "-m", "monosem_jax.intervene.search_main", f"--workdir={workdir}",
-         f"--config={config}", *flags],
-        capture_output=True, text=True, env=ENV,
-    )
+    return [f"--workdir={workdir}", f"--config={config}", *flags]
 
 
-def test_cli_writes_json(sae_workdir, copy_workdir):
+def _cli(run_binary, workdir, *flags):
+    return run_binary(search_main.run_main, *_args(workdir, *flags))
+
+
+def test_cli_writes_json(sae_workdir, copy_workdir, run_binary):
     workdir = copy_workdir(sae_workdir)
-    out = _cli(workdir, "--config.prompt=The fish swam.", "--config.name=one",
+    out = _cli(run_binary, workdir, "--config.prompt=The fish swam.", "--config.name=one",
                "--config.context=Once there was a cat.")
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout.strip().splitlines()[-1])
@@ -146,7 +147,7 @@ def test_cli_writes_json(sae_workdir, copy_workdir):
     assert written["context"] == "Once there was a cat."
     assert "".join(t["token"] for t in written["tokens"]) == "The fish swam."
     assert 0 < len(written["top"]) <= 5
-    out = _cli(workdir, "--config.with_prompts=The sea.||A fish.",
+    out = _cli(run_binary, workdir, "--config.with_prompts=The sea.||A fish.",
                "--config.without_prompts=A cow.")
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout.strip().splitlines()[-1])
@@ -163,9 +164,22 @@ def test_cli_writes_json(sae_workdir, copy_workdir):
     (["--config.prompt=a", "--config.top_n=0"], "top_n"),
     (["--config.prompt=a", "--config.sae_name=missing"], "no SAE run 'missing'"),
 ])
-def test_cli_bad_inputs_are_one_clear_line(sae_workdir, flags, message):
-    out = _cli(sae_workdir, *flags)
+def test_cli_bad_inputs_are_one_clear_line(sae_workdir, flags, message, run_binary):
+    out = _cli(run_binary, sae_workdir, *flags)
     assert out.returncode == 2, out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr
+    assert not os.path.exists(os.path.join(sae_workdir, "search"))
+
+
+def test_binary_exits_2_with_one_error_line(sae_workdir):
+    """The exit-code plumbing of the real process (the messages are checked in-process above)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "monosem_jax.intervene.search_main",
+         *_args(sae_workdir, "--config.prompt=a", "--config.top_n=0")],
+        capture_output=True, text=True, env=ENV,
+    )
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [out.stderr.strip().splitlines()[-1]] and "top_n" in errors[0], out.stderr
     assert not os.path.exists(os.path.join(sae_workdir, "search"))

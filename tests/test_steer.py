@@ -12,7 +12,8 @@ import pytest
 
 from monosem_jax import config_values
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.intervene import splice, steer
+from monosem_jax.intervene import splice, steer, steer_main
+from monosem_jax.sae import artifact as sae_artifact
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def _clean(model, tokens_BL):
 
 
 def _live_features(model, x_BLD, count=3):
-    a_F = np.asarray(splice.feature_acts(model.sae, x_BLD)).max(axis=(0, 1))
+    a_F = np.asarray(sae_artifact.feature_acts(model.sae, x_BLD)).max(axis=(0, 1))
     assert (a_F > 0).sum() >= count, "the smoke SAE should have live features on a prompt"
     return np.argsort(-a_F)[:count].astype(np.int32)
 
@@ -44,14 +45,14 @@ def test_clamp_to_own_activation_reproduces_clean_logits(spliced):
 
     # In one program the clamp's delta is exactly zero: the output is bit-identical.
     def own_value(x):
-        a_BLK = splice.feature_acts(spliced.sae, x)[..., ids_K]
+        a_BLK = sae_artifact.feature_acts(spliced.sae, x)[..., ids_K]
         return splice.clamp(spliced.sae, x, ids_K, a_BLK)
 
     same_BLV, _ = gpt_model.forward(spliced.model_cfg, spliced.lm_params, tokens_BL,
                                     intervene={spliced.hook: own_value})
     np.testing.assert_array_equal(np.asarray(same_BLV), np.asarray(logits_BLV))
     # Values measured in another program: equal up to float32 round-off.
-    a_BLK = splice.feature_acts(spliced.sae, x_BLD)[..., ids_K]
+    a_BLK = sae_artifact.feature_acts(spliced.sae, x_BLD)[..., ids_K]
     again_BLV = splice.clamped_logits(spliced, tokens_BL, ids_K, a_BLK)
     np.testing.assert_allclose(np.asarray(again_BLV), np.asarray(logits_BLV), atol=2e-5)
     # Without the error term (x -> SAE(x) with the clamp) the logits do change: the test above
@@ -77,7 +78,7 @@ def test_clamp_matches_float64_formula(spliced):
     values_K = np.array([3.0, -1.5], np.float32)
     got = np.asarray(splice.clamp(spliced.sae, x_BLD, jnp.asarray(ids_K), jnp.asarray(values_K)))
     x = np.asarray(x_BLD, np.float64)
-    a = np.asarray(splice.feature_acts(spliced.sae, x_BLD), np.float64)[..., ids_K]
+    a = np.asarray(sae_artifact.feature_acts(spliced.sae, x_BLD), np.float64)[..., ids_K]
     w = np.asarray(spliced.sae.params["w_dec_FD"], np.float64)[ids_K]
     d = w / (np.linalg.norm(w, axis=1, keepdims=True) * spliced.sae.norm_scale)
     want = x + np.einsum("blk,kd->bld", values_K[None, None] - a, d)
@@ -120,15 +121,15 @@ def test_bad_input_is_a_clear_error(spliced):
         config_values.float_tuple("clamp_values", "1,big")
 
 
-def _cli(workdir, *flags):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "-m", "monosem_jax.intervene.steer_main", f"--workdir={workdir}",
-           "--config=monosem_jax/configs/steer/default.py:smoke", *flags]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "monosem_jax", "configs", "steer", "default.py:smoke")
 
 
-def test_cli_writes_summary_and_rejects_bad_flags(spliced, sae_workdir, copy_workdir):
+def test_cli_writes_summary_and_rejects_bad_flags(spliced, sae_workdir, copy_workdir, run_binary):
+    def _cli(workdir, *flags):
+        return run_binary(steer_main.run_main, f"--workdir={workdir}", f"--config={CONFIG}",
+                          *flags)
+
     workdir = copy_workdir(sae_workdir)
     max_F = steer.max_activations(spliced, workdir, np.arange(spliced.num_features), 2048)
     live = int(np.argmax(max_F))
@@ -160,6 +161,19 @@ def test_cli_writes_summary_and_rejects_bad_flags(spliced, sae_workdir, copy_wor
         assert json.load(f) == summary
 
 
+def test_binary_exits_2_with_one_error_line(sae_workdir):
+    """The exit-code plumbing of the real process (the messages are checked in-process above)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "monosem_jax.intervene.steer_main", f"--workdir={sae_workdir}",
+         f"--config={CONFIG}", "--config.features=3", "--config.clamp_values=inf"],
+        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode == 2, out.stderr[-1500:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [out.stderr.strip().splitlines()[-1]] and "finite" in errors[0], out.stderr
+    assert not os.path.exists(os.path.join(sae_workdir, "steer"))
+
+
 def test_max_activations_match_feature_acts(spliced, sae_workdir):
     from monosem_jax.analysis import features
 
@@ -167,7 +181,7 @@ def test_max_activations_match_feature_acts(spliced, sae_workdir):
     ids_K = np.array([0, 5, 9], np.int32)
     got = steer.max_activations(spliced, sae_workdir, ids_K, max_tokens=2048, batch_size=5)
     _, x_BLD = _clean(spliced, jnp.asarray(windows_WL))
-    want = np.asarray(splice.feature_acts(spliced.sae, x_BLD))[:, 1:, ids_K].max(axis=(0, 1))
+    want = np.asarray(sae_artifact.feature_acts(spliced.sae, x_BLD))[:, 1:, ids_K].max(axis=(0, 1))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert jax.tree.leaves(got)  # a plain array
 
