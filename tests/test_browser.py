@@ -16,13 +16,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from monosem_jax.activations import capture
 from monosem_jax.analysis import interpret as interp
 from monosem_jax.browser import write
 from monosem_jax.configs.browse import default as browse_default
-from monosem_jax.configs.capture import default as capture_default
 from monosem_jax.configs.sae import default as sae_default
-from monosem_jax.sae import train as sae_train
 
 # Without the background-networking flags Chromium keeps trying to reach Google's services.
 CHROMIUM_FLAGS = (
@@ -39,16 +36,10 @@ PAYLOADS = (
 
 
 @pytest.fixture(scope="module")
-def site(smoke_lm_workdir, tmp_path_factory):
-    """A smoke work directory with a captured store, a tiny SAE and its browser."""
+def site(sae_workdir, tmp_path_factory):
+    """A copy of the session's smoke work directory (captured store, smoke SAE) with its browser."""
     workdir = str(tmp_path_factory.mktemp("browse") / "w")
-    shutil.copytree(smoke_lm_workdir, workdir)
-    capture_cfg = capture_default.get_config("smoke")
-    capture_cfg.max_rows = 8192
-    capture.capture(capture_cfg, workdir)
-    sae_cfg = sae_default.get_config("smoke")
-    sae_cfg.eval_rows = 512
-    sae_train.train_sae(sae_cfg, workdir)
+    shutil.copytree(sae_workdir, workdir)
     summary = write.browse(browse_default.get_config("smoke"), workdir)
     return workdir, summary
 

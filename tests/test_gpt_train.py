@@ -16,6 +16,7 @@ from monosem_jax.configs.gpt import tiny
 from monosem_jax.configs.pipeline import tiny as pipeline_tiny
 from monosem_jax.corpus import prepare
 from monosem_jax.gpt import data
+from monosem_jax.gpt import main as gpt_main
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.gpt import train as gpt_train
 
@@ -99,7 +100,7 @@ def _train_cmd(workdir, steps):
         f"--config={os.path.dirname(tiny.__file__)}/tiny.py:smoke",
         f"--workdir={workdir}",
         f"--config.train.steps={steps}",
-        "--config.train.checkpoint_every=10",
+        "--config.train.checkpoint_every=50",  # 6 saves per run: still more than max_to_keep
         "--config.train.eval_every=1000",
     ]
 
@@ -110,7 +111,7 @@ def _env():
     return env
 
 
-def test_train_kill_resume_matches_uninterrupted(tmp_path_factory):
+def test_train_kill_resume_matches_uninterrupted(tmp_path_factory, run_binary):
     steps = 300
     base = _prepared_workdir(tmp_path_factory)
     # Uninterrupted reference (same data: a copy of the prepared work directory).
@@ -146,15 +147,17 @@ def test_train_kill_resume_matches_uninterrupted(tmp_path_factory):
     logged = [r["step"] for r in rows if "loss" in r]
     assert logged == sorted(set(logged)), "resume must not duplicate metrics rows"
 
-    # A rerun of a finished stage is a no-op that reprints the summary.
-    out = subprocess.run(_train_cmd(base, steps), capture_output=True, text=True, env=_env())
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == summary
+    # A rerun of a finished stage is a no-op that reprints the summary (run in this process).
+    out = run_binary(gpt_main.run_main, *_train_cmd(base, steps)[3:])
+    assert out.returncode == 0 and json.loads(out.stdout.strip().splitlines()[-1]) == summary
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
     out = subprocess.run(_train_cmd(str(tmp_path), 10), capture_output=True, text=True, env=_env())
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [out.stderr.strip().splitlines()[-1]] and "no complete dataset" in errors[0]
 
 
 def test_sampling_is_deterministic_and_respects_top_k():
