@@ -18,17 +18,21 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
-    """The binaries that tests launch share one persistent XLA compilation cache (fresh for each
-    session), so a program compiles once, in the first process that needs it, not in every launch.
-
-    Only child processes see these variables: this process read jax's config when it imported jax
-    above, and keeps its own in-memory cache.
+    """One persistent XLA compilation cache per session (a fresh folder, removed at the end), for
+    this process and the binaries tests launch: a program compiles once, in the first process that
+    needs it, not again in each launched binary nor when the library builds a fresh jit of the
+    same program (every train_and_evaluate or train_sae call compiles its step anew).
     """
     cache = tempfile.mkdtemp(prefix="monosem-test-xla-cache-")
     config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    settings = {
+        "jax_compilation_cache_dir": cache,
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    for name, value in settings.items():
+        jax.config.update(name, value)  # this process (nothing has compiled yet)
+        os.environ[name.upper()] = str(value)  # the binaries tests launch
     # ml_collections loads a binary's --config file with a deprecated importlib call; binaries
     # run in this process (`run_binary`) would repeat its warning in every test summary.
     config.addinivalue_line(
