@@ -64,9 +64,9 @@ def test_top_examples_match_brute_force(windows_per_batch):
         assert stats.density_F[f] == pytest.approx(len(index_E) / (W * (L - 1)))
         assert stats.max_act_F[f] == pytest.approx(act_E.max() if len(act_E) else 0.0)
         assert stats.mean_act_F[f] == pytest.approx(act_E.mean() if len(act_E) else 0.0)
-        edges = stats.hist_edges_H1
+        edges = stats.hist_edges_I1
         want_hist = np.histogram(np.clip(act_E, edges[0], edges[-1] * 0.999), edges)[0]
-        np.testing.assert_array_equal(stats.hist_FH[f], want_hist)
+        np.testing.assert_array_equal(stats.hist_FI[f], want_hist)
     assert stats.tokens == W * (L - 1)
 
 
@@ -85,12 +85,12 @@ def test_quantile_examples_match_brute_force():
             lo, hi = q * m // q_bins, (q + 1) * m // q_bins
             ranks = [lo + j * (hi - lo) // per_bin for j in range(min(per_bin, hi - lo))]
             want_index = [sample[r][1] for r in ranks] + [-1] * (per_bin - len(ranks))
-            np.testing.assert_array_equal(stats.quantile_index_FQP[f, q], want_index)
+            np.testing.assert_array_equal(stats.quantile_index_FQK[f, q], want_index)
             want_act = [-sample[r][0] for r in ranks] + [0.0] * (per_bin - len(ranks))
-            np.testing.assert_allclose(stats.quantile_act_FQP[f, q], want_act, rtol=1e-6)
+            np.testing.assert_allclose(stats.quantile_act_FQK[f, q], want_act, rtol=1e-6)
             for p, r in enumerate(ranks):
                 np.testing.assert_allclose(
-                    stats.quantile_ctx_FQPC[f, q, p],
+                    stats.quantile_ctx_FQKC[f, q, p],
                     _context(acts_WLF, f, sample[r][1]),
                     rtol=1e-3,
                     atol=1e-3,
@@ -100,7 +100,7 @@ def test_quantile_examples_match_brute_force():
                     [-sample[hi - 1][0], -sample[lo][0]]
                 )
         # Bins run from the highest activations down.
-        shown = stats.quantile_act_FQP[f][stats.quantile_index_FQP[f] >= 0]
+        shown = stats.quantile_act_FQK[f][stats.quantile_index_FQK[f] >= 0]
         assert (np.diff(shown) <= 0).all()
 
 

@@ -56,22 +56,22 @@ def test_prompt_features_match_direct_recomputation(model):
     top_n = 6
     found = search.prompt_features(model, PROMPTS, top_n)
     for result, prompt in zip(found, PROMPTS, strict=True):
-        a_TF = _direct_acts(model, prompt)
-        assert len(result.tokens) == a_TF.shape[0]
+        a_NF = _direct_acts(model, prompt)
+        assert len(result.tokens) == a_NF.shape[0]
         assert "".join(result.tokens) == (prompt if isinstance(prompt, str) else prompt[1])
-        np.testing.assert_allclose(result.token_acts_TN, -np.sort(-a_TF, 1)[:, :top_n],
+        np.testing.assert_allclose(result.token_acts_NK, -np.sort(-a_NF, 1)[:, :top_n],
                                    rtol=1e-4, atol=1e-5)
-        fired_TN = result.token_acts_TN > 1e-4  # below that, ids of near-ties may swap
-        picked_TN = np.take_along_axis(a_TF, result.token_ids_TN, 1)
-        np.testing.assert_allclose(picked_TN[fired_TN], result.token_acts_TN[fired_TN],
+        fired_NK = result.token_acts_NK > 1e-4  # below that, ids of near-ties may swap
+        picked_NK = np.take_along_axis(a_NF, result.token_ids_NK, 1)
+        np.testing.assert_allclose(picked_NK[fired_NK], result.token_acts_NK[fired_NK],
                                    rtol=1e-4, atol=1e-5)
-        max_F, mean_F = a_TF.max(0), a_TF.mean(0)
-        n = len(result.top_ids_N)
-        assert n > 0 and np.all(result.top_max_N > 0)
-        np.testing.assert_allclose(result.top_max_N, -np.sort(-max_F)[:n], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(max_F[result.top_ids_N], result.top_max_N, rtol=1e-4,
+        max_F, mean_F = a_NF.max(0), a_NF.mean(0)
+        n = len(result.top_ids_K)
+        assert n > 0 and np.all(result.top_max_K > 0)
+        np.testing.assert_allclose(result.top_max_K, -np.sort(-max_F)[:n], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(max_F[result.top_ids_K], result.top_max_K, rtol=1e-4,
                                    atol=1e-5)
-        np.testing.assert_allclose(mean_F[result.top_ids_N], result.top_mean_N, rtol=1e-4,
+        np.testing.assert_allclose(mean_F[result.top_ids_K], result.top_mean_K, rtol=1e-4,
                                    atol=1e-5)
 
 

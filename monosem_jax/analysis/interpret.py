@@ -62,7 +62,7 @@ class Stream(NamedTuple):
     tokens: np.ndarray  # int64 [1]: token positions counted
     count_F: np.ndarray  # int64 nonzero activations
     sum_F: np.ndarray  # float64 sum of activations
-    hist_FH: np.ndarray  # int64 counts per log bin
+    hist_FI: np.ndarray  # int64 counts per log bin
     tp_FC: np.ndarray | None  # int64 tokens where feature active and concept labelled
     label_count_C: np.ndarray | None  # int64 tokens labelled with each concept
     top: Buffer
@@ -77,12 +77,12 @@ class FeatureStats(NamedTuple):
     max_act_F: np.ndarray
     mean_act_F: np.ndarray  # mean of the nonzero activations (0 if never active)
     count_F: np.ndarray
-    hist_edges_H1: np.ndarray  # bin edges; the first and last bins also hold values beyond them
-    hist_FH: np.ndarray
+    hist_edges_I1: np.ndarray  # bin edges; the first and last bins also hold values beyond them
+    hist_FI: np.ndarray
     top: Buffer  # K = top_n
-    quantile_index_FQP: np.ndarray  # global token index of bin q's p-th example (-1 = none)
-    quantile_act_FQP: np.ndarray
-    quantile_ctx_FQPC: np.ndarray
+    quantile_index_FQK: np.ndarray  # global token index of bin q's p-th example (-1 = none)
+    quantile_act_FQK: np.ndarray
+    quantile_ctx_FQKC: np.ndarray
     quantile_range_FQ2: np.ndarray  # (lowest, highest) sampled activation of each bin
     f1_FC: np.ndarray | None  # F1 of "active > 0" at detecting each concept (None: no labels)
 
@@ -171,7 +171,7 @@ def new_stream(cfg: InterpretConfig, num_features: int, num_concepts: int | None
         tokens=np.zeros(1, np.int64),
         count_F=np.zeros(num_features, np.int64),
         sum_F=np.zeros(num_features, np.float64),
-        hist_FH=np.zeros((num_features, num_bins), np.int64),
+        hist_FI=np.zeros((num_features, num_bins), np.int64),
         tp_FC=np.zeros((num_features, num_concepts), np.int64) if labelled else None,
         label_count_C=np.zeros(num_concepts, np.int64) if labelled else None,
         top=empty_buffer(num_features, cfg.top_n, cfg.context),
@@ -222,10 +222,10 @@ def update(
     stream.tokens[0] += counted_N.sum()
     stream.count_F[:] += np.bincount(f_E, minlength=num_f)
     stream.sum_F[:] += np.bincount(f_E, weights=act_E, minlength=num_f)
-    num_bins = stream.hist_FH.shape[1]
+    num_bins = stream.hist_FI.shape[1]
     bin_E = np.floor((np.log10(act_E) - np.log10(cfg.hist_lo)) * cfg.hist_bins_per_decade)
     bin_E = np.clip(bin_E, 0, num_bins - 1).astype(np.int64)
-    stream.hist_FH[:] += np.bincount(f_E * num_bins + bin_E, minlength=num_f * num_bins).reshape(
+    stream.hist_FI[:] += np.bincount(f_E * num_bins + bin_E, minlength=num_f * num_bins).reshape(
         num_f, num_bins
     )
     if stream.tp_FC is not None and labels_BL is not None:
@@ -294,12 +294,12 @@ def finish(stream: Stream, cfg: InterpretConfig) -> FeatureStats:
         max_act_F=np.maximum(stream.top.act_FK[:, 0], 0.0),
         mean_act_F=np.where(count_F > 0, stream.sum_F / np.maximum(count_F, 1), 0.0),
         count_F=count_F,
-        hist_edges_H1=hist_edges(cfg),
-        hist_FH=stream.hist_FH,
+        hist_edges_I1=hist_edges(cfg),
+        hist_FI=stream.hist_FI,
         top=stream.top,
-        quantile_index_FQP=q_index,
-        quantile_act_FQP=q_act.astype(np.float32),
-        quantile_ctx_FQPC=q_ctx,
+        quantile_index_FQK=q_index,
+        quantile_act_FQK=q_act.astype(np.float32),
+        quantile_ctx_FQKC=q_ctx,
         quantile_range_FQ2=range_FQ2,
         f1_FC=f1_FC,
     )

@@ -118,14 +118,14 @@ def feature_record(
     """Feature i's page data and its index row (see INDEX_COLUMNS)."""
     # One pass over the top examples and every quantile bin's examples together.
     num_k = stats.top.index_FK.shape[1]
-    _, num_q, num_p = stats.quantile_index_FQP.shape
+    _, num_q, num_p = stats.quantile_index_FQK.shape
     examples = _examples(
         windows_WL,
-        np.concatenate([stats.top.index_FK[i], stats.quantile_index_FQP[i].ravel()]),
+        np.concatenate([stats.top.index_FK[i], stats.quantile_index_FQK[i].ravel()]),
         np.concatenate(
-            [stats.top.ctx_FKC[i], stats.quantile_ctx_FQPC[i].reshape(num_q * num_p, -1)]
+            [stats.top.ctx_FKC[i], stats.quantile_ctx_FQKC[i].reshape(num_q * num_p, -1)]
         ),
-        np.concatenate([stats.top.act_FK[i], stats.quantile_act_FQP[i].ravel()]),
+        np.concatenate([stats.top.act_FK[i], stats.quantile_act_FQK[i].ravel()]),
         cfg,
     )
     top = [ex for ex in examples[:num_k] if ex is not None]
@@ -141,7 +141,7 @@ def feature_record(
                     "examples": [ex for ex in shown if ex is not None],
                 }
             )
-    hist_I = stats.hist_FH[i]
+    hist_I = stats.hist_FI[i]
     occupied = np.nonzero(hist_I)[0]
     lo, hi = (occupied[0], occupied[-1] + 1) if occupied.size else (0, 0)
     top_index = stats.top.index_FK[i][stats.top.index_FK[i] >= 0]
@@ -177,7 +177,7 @@ def feature_record(
         "concept": concept,
         "f1": f1,
         "hist": {
-            "edges": round_sig(stats.hist_edges_H1[lo : hi + 1], 4).tolist() if hi > lo else [],
+            "edges": round_sig(stats.hist_edges_I1[lo : hi + 1], 4).tolist() if hi > lo else [],
             "counts": hist_I[lo:hi].tolist(),
         },
         "top": top,

@@ -71,23 +71,23 @@ class PromptFeatures:
 
     prompt: Prompt
     tokens: tuple[str, ...]  # the scored tokens as text (no leading EOT, no context)
-    token_ids_TN: np.ndarray  # [T, n] feature ids per token, strongest first
-    token_acts_TN: np.ndarray  # [T, n] their activations
-    top_ids_N: np.ndarray  # [n] features with the largest max activation over the prompt
-    top_max_N: np.ndarray  # [n] that max
-    top_mean_N: np.ndarray  # [n] their mean activation over the prompt's tokens
+    token_ids_NK: np.ndarray  # [N tokens, n] feature ids per token, strongest first
+    token_acts_NK: np.ndarray  # [N tokens, n] their activations
+    top_ids_K: np.ndarray  # [n] features with the largest max activation over the prompt
+    top_max_K: np.ndarray  # [n] that max
+    top_mean_K: np.ndarray  # [n] their mean activation over the prompt's tokens
 
     def to_json(self) -> dict:
         return {
             "prompt": self.prompt,
             "tokens": [
                 {"token": t, "features": _pairs(ids, acts)}
-                for t, ids, acts in zip(self.tokens, self.token_ids_TN, self.token_acts_TN,
+                for t, ids, acts in zip(self.tokens, self.token_ids_NK, self.token_acts_NK,
                                         strict=True)
             ],
             "top": [
                 {"feature": int(f), "max": _num(a), "mean": _num(m)}
-                for f, a, m in zip(self.top_ids_N, self.top_max_N, self.top_mean_N, strict=True)
+                for f, a, m in zip(self.top_ids_K, self.top_max_K, self.top_mean_K, strict=True)
                 if a > 0
             ],
         }
