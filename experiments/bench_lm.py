@@ -296,14 +296,14 @@ def main(argv=None) -> dict:
     import jax
 
     from monosem_jax.gpt import model as gpt_model
-    from monosem_jax.gpt import train as gpt_train
+    from monosem_jax.gpt import step as gpt_step
 
     config = load_config(args.config or CONFIGS[args.shape])
     if args.batch is not None:
         config.train.batch_size = args.batch
     if args.context is not None:
         config.model.context_len = args.context
-    model_cfg, train_cfg = gpt_train.configs_from(config)
+    model_cfg, train_cfg = gpt_step.configs_from(config)
     batch, length, vocab = train_cfg.batch_size, model_cfg.context_len, model_cfg.vocab_size
     tokens_per_step = batch * length
     cores = len(os.sched_getaffinity(0))
@@ -325,10 +325,10 @@ def main(argv=None) -> dict:
     torch_batches = [torch.from_numpy(b.astype(np.int64)).to(device) for b in batches_np]
 
     # --- JAX: compile, parameter count, initial loss.
-    state = gpt_train.init_state(model_cfg, train_cfg)
+    state = gpt_step.init_state(model_cfg, train_cfg)
     jax_params = gpt_model.num_params(state["params"])
     init_params_np = jax.device_get(state["params"])
-    step_fn = gpt_train.compile_train_step(model_cfg, train_cfg)
+    step_fn = gpt_step.compile_train_step(model_cfg, train_cfg)
     t0 = time.perf_counter()
     state, metrics = step_fn(state, jax_batches[0])
     jax_losses = [float(metrics["loss"])]

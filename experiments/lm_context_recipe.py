@@ -22,7 +22,7 @@ from monosem_jax import parallel
 from monosem_jax.configs.gpt import tiny as gpt_tiny
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import context_probe, data
-from monosem_jax.gpt import train as gpt_train
+from monosem_jax.gpt import step as gpt_step
 
 
 def _override(config, assignment: str):
@@ -47,7 +47,7 @@ def main():
     config = gpt_tiny.get_config()
     for assignment in args.set:
         _override(config, assignment)
-    model_cfg, cfg = gpt_train.configs_from(config)
+    model_cfg, cfg = gpt_step.configs_from(config)
     data_dir = os.path.join(args.workdir, "data")
     train_split = dataset.load_split(data_dir, "train")
     eval_split = dataset.load_split(data_dir, "eval")
@@ -56,8 +56,8 @@ def main():
     eval_WL1 = data.eval_windows(np.asarray(eval_split.tokens_N), length=length,
                                  max_tokens=32768, multiple=cfg.batch_size)
     mesh = parallel.make_mesh()
-    state = jax.device_put(gpt_train.init_state(model_cfg, cfg), parallel.replicated(mesh))
-    step_fn = gpt_train.compile_train_step(model_cfg, cfg)
+    state = jax.device_put(gpt_step.init_state(model_cfg, cfg), parallel.replicated(mesh))
+    step_fn = gpt_step.compile_train_step(model_cfg, cfg)
     probe = context_probe.ProbeConfig(num_pairs=args.pairs)
     rows, train_s = [], 0.0
     tokens = np.asarray(train_split.tokens_N)
@@ -71,7 +71,7 @@ def main():
             loss = float(metrics["loss"])
             train_s += time.time() - t0
             row = {"step": done, "train_s": round(train_s, 1), "train_loss": loss,
-                   "eval_loss": gpt_train.evaluate(state["params"], eval_WL1, model_cfg,
+                   "eval_loss": gpt_step.evaluate(state["params"], eval_WL1, model_cfg,
                                                    cfg.batch_size, mesh)}
             row.update(context_probe.topic_context_gain(model_cfg, state["params"], eval_split,
                                                         concepts, probe))

@@ -7,7 +7,7 @@ import pytest
 
 from monosem_jax.configs.gpt import tinystories
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
+from monosem_jax.gpt import step as gpt_step
 
 SMALL = gpt_model.GPTConfig(
     vocab_size=37, context_len=12, d_model=16, n_layers=2, n_heads=4, d_mlp=24
@@ -142,14 +142,14 @@ def test_bad_hooks_and_config_values_are_clear_errors():
             positional="alibi",
         )
     with pytest.raises(ValueError, match="learning_rate"):
-        gpt_train.TrainConfig(learning_rate=-1.0)
+        gpt_step.TrainConfig(learning_rate=-1.0)
     with pytest.raises(ValueError, match="warmup_steps"):
-        gpt_train.TrainConfig(steps=10, warmup_steps=10)
+        gpt_step.TrainConfig(steps=10, warmup_steps=10)
 
 
 def test_gpu_scale_config_shapes_without_compute():
-    model_cfg, train_cfg = gpt_train.configs_from(tinystories.get_config())
-    state = jax.eval_shape(lambda: gpt_train.init_state(model_cfg, train_cfg))
+    model_cfg, train_cfg = gpt_step.configs_from(tinystories.get_config())
+    state = jax.eval_shape(lambda: gpt_step.init_state(model_cfg, train_cfg))
     n = gpt_model.num_params(state["params"])
     assert 10e6 <= n <= 30e6, n
     tokens = jax.ShapeDtypeStruct((2, model_cfg.context_len), jnp.int32)

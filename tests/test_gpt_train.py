@@ -18,19 +18,19 @@ from monosem_jax.corpus import prepare
 from monosem_jax.gpt import data
 from monosem_jax.gpt import main as gpt_main
 from monosem_jax.gpt import model as gpt_model
-from monosem_jax.gpt import train as gpt_train
+from monosem_jax.gpt import step as gpt_step
 
 
 def _smoke_cfgs():
-    return gpt_train.configs_from(tiny.get_config("smoke"))
+    return gpt_step.configs_from(tiny.get_config("smoke"))
 
 
 def test_one_step_golden_numbers():
     model_cfg, train_cfg = _smoke_cfgs()
-    state = gpt_train.init_state(model_cfg, train_cfg)
+    state = gpt_step.init_state(model_cfg, train_cfg)
     tokens = np.arange(train_cfg.batch_size * (model_cfg.context_len + 1)) * 7919 % 500
     tokens = tokens.reshape(train_cfg.batch_size, -1).astype(np.int32)
-    step = gpt_train.compile_train_step(model_cfg, train_cfg)
+    step = gpt_step.compile_train_step(model_cfg, train_cfg)
     losses = []
     for _ in range(3):
         state, metrics = step(state, tokens)
@@ -53,11 +53,11 @@ def test_step_on_sharded_batch_matches_single_device():
     tokens = (
         np.random.default_rng(0).integers(0, 500, (8, model_cfg.context_len + 1)).astype(np.int32)
     )
-    step = gpt_train.compile_train_step(model_cfg, train_cfg)
-    _, single = step(gpt_train.init_state(model_cfg, train_cfg), tokens)
+    step = gpt_step.compile_train_step(model_cfg, train_cfg)
+    _, single = step(gpt_step.init_state(model_cfg, train_cfg), tokens)
     mesh = parallel.make_mesh()
     assert mesh.shape["data"] == 8
-    state = jax.device_put(gpt_train.init_state(model_cfg, train_cfg), parallel.replicated(mesh))
+    state = jax.device_put(gpt_step.init_state(model_cfg, train_cfg), parallel.replicated(mesh))
     _, sharded = step(state, parallel.global_batch(mesh, tokens))
     np.testing.assert_allclose(float(sharded["loss"]), float(single["loss"]), rtol=1e-5)
     with pytest.raises(ValueError, match="divisible by the device count"):
@@ -79,8 +79,8 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 
 
 def test_learning_rate_schedule_warms_up_and_decays():
-    cfg = gpt_train.TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
-    lr = gpt_train.learning_rate_schedule(cfg)
+    cfg = gpt_step.TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
+    lr = gpt_step.learning_rate_schedule(cfg)
     assert float(lr(0)) == 0.0
     np.testing.assert_allclose(float(lr(10)), 1.0, rtol=1e-6)
     np.testing.assert_allclose(float(lr(100)), 0.1, rtol=1e-5)

@@ -19,7 +19,7 @@ from monosem_jax.configs.pipeline import tiny
 from monosem_jax.configs.search import default as search_default
 from monosem_jax.configs.steer import default as steer_default
 from monosem_jax.corpus import prepare
-from monosem_jax.gpt import train as gpt_train
+from monosem_jax.gpt import step as gpt_step
 from monosem_jax.intervene import attribution, search, steer
 
 INVALID = r"^config\.{field}=.* is invalid; valid: "
@@ -48,7 +48,7 @@ BOUNDARIES = [
     (lambda c: stage_config.from_config(attribution.AttributionConfig, c),
      attribution_default.get_config),
     (prepare.configs_from, tiny.get_config),
-    (lambda c: gpt_train.configs_from(c.lm), tiny.get_config),
+    (lambda c: gpt_step.configs_from(c.lm), tiny.get_config),
 ]
 
 
@@ -113,11 +113,11 @@ def test_lm_and_corpus_errors_name_their_section():
     config = tiny.get_config("smoke")
     config.lm.model.n_heads = 3
     with pytest.raises(ValueError, match=INVALID.format(field=r"model\.n_heads")):
-        gpt_train.configs_from(config.lm)
+        gpt_step.configs_from(config.lm)
     config = tiny.get_config("smoke")
     config.lm.train.warmup_steps = config.lm.train.steps
     with pytest.raises(ValueError, match=INVALID.format(field=r"train\.warmup_steps")):
-        gpt_train.configs_from(config.lm)
+        gpt_step.configs_from(config.lm)
     config = ml_collections.ConfigDict(
         {"corpus": {}, "tokenizer": {"vocab_size": 600}, "lm": {"model": {"vocab_size": 512}}})
     with pytest.raises(ValueError, match=INVALID.format(field=r"tokenizer\.vocab_size")):
