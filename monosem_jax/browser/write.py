@@ -5,6 +5,7 @@ files are scripts that hand their JSON to a global:
 
   index.html  feature.html  browser.css  index.js  feature.js   static assets (copied)
   features_index.js   window.MONOSEM_INDEX = {...}: one compact row per feature
+  features_index.json the same index as plain JSON, for programs (the report reads it)
   vocab.js            window.MONOSEM_VOCAB = [...]: token id -> text
   data/<id>.js        monosemFeature({...}): one feature, loaded lazily by feature.html#<id>
 
@@ -202,6 +203,7 @@ def write_site(out_dir: str, meta: dict, records, vocab: list[str]) -> int:
     index = dict(meta, columns=list(INDEX_COLUMNS), rows=rows)
     with open(os.path.join(out_dir, "features_index.js"), "w") as f:
         f.write(f"window.MONOSEM_INDEX = {js_literal(index)};\n")
+    metrics_io.write_json_atomic(os.path.join(out_dir, "features_index.json"), index)
     with open(os.path.join(out_dir, "vocab.js"), "w") as f:
         f.write(f"window.MONOSEM_VOCAB = {js_literal(vocab)};\n")
     return len(rows)
@@ -218,13 +220,10 @@ def read_feature_record(browser_dir: str, feature: int) -> dict | None:
 
 
 def read_index(browser_dir: str) -> dict | None:
-    """The browser's index as written (`features_index.js`: window.MONOSEM_INDEX = {...})."""
-    path = os.path.join(browser_dir, "features_index.js")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        text = f.read()
-    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+    """The browser's index (`features_index.json`, the plain-JSON twin of the page's
+    `features_index.js`), or None where the browser has not run."""
+    path = os.path.join(browser_dir, "features_index.json")
+    return metrics_io.read_json(path) if os.path.exists(path) else None
 
 
 @dataclasses.dataclass(frozen=True)
