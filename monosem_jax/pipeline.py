@@ -117,11 +117,16 @@ def _sections_json(config: ml_collections.ConfigDict, sections) -> dict:
     return {name: plain(config[name]) for name in sections}
 
 
-def check_stage_config(config, workdir: str, stage: Stage) -> None:
-    """Records the stage's config on first run; refuses a rerun with different values."""
+def check_stage_config(config, workdir: str, stage: Stage) -> bool:
+    """Records the stage's config on first run; refuses a rerun with different values.
+
+    Returns whether this call made the first record (so a stage that then fails can take it
+    back, see run_pipeline).
+    """
     path = os.path.join(workdir, "pipeline", f"{stage.name}.json")
     wanted = _sections_json(config, stage.sections)
-    if os.path.exists(path):
+    first = not os.path.exists(path)
+    if not first:
         diff = metrics_io.config_difference(metrics_io.read_json(path), wanted)
         if diff:
             raise ValueError(
@@ -129,6 +134,7 @@ def check_stage_config(config, workdir: str, stage: Stage) -> None:
                 "use a new --workdir or the original config"
             )
     metrics_io.write_json_atomic(path, wanted)  # also records keys added since
+    return first
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -137,10 +143,19 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     summaries = {}
     for i, stage in enumerate(STAGES):
-        check_stage_config(config, workdir, stage)
+        first = check_stage_config(config, workdir, stage)
         logging.info("=== stage %d/%d: %s ===", i + 1, len(STAGES), stage.name)
         t_stage = time.time()
-        summaries[stage.name] = stage.run(config, workdir)
+        try:
+            summaries[stage.name] = stage.run(config, workdir)
+        except Exception:
+            # A first attempt that fails (a config value the stage rejects, a bad input file)
+            # takes its record back, so the corrected command is not refused as "a different
+            # config". A killed stage keeps its record, and so do the stage's own outputs,
+            # which check their configs themselves (store spec, SAE run config.json).
+            if first:
+                os.remove(os.path.join(workdir, "pipeline", f"{stage.name}.json"))
+            raise
         logging.info("stage %s done in %.1fs", stage.name, time.time() - t_stage)
     summary = {**summaries, "wall_s": time.time() - t_start}
     metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
