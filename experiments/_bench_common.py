@@ -57,6 +57,19 @@ def add_process_flags(ap) -> None:
                     help="keep glibc's malloc defaults (see MALLOC_ENV)")
 
 
+def add_step_study_flags(ap, smoke: dict) -> None:
+    """The flags every single-step timing study shares (shape, timing rounds, seed, --smoke)."""
+    add_acts_flags(ap)
+    add_process_flags(ap)
+    ap.add_argument("--d-sae", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per round and contender")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help=f"tiny sizes: {smoke}")
+
+
 def setup_process(args) -> list[int]:
     """Re-executes with MALLOC_ENV unless disabled (glibc reads it at start-up), then pins this
     process to --cpus before XLA's CPU client sizes its thread pools; returns the cores."""

@@ -50,18 +50,10 @@ SMOKE = dict(rows=4096, acts_d=32, d_sae=512, batch=256, steps=2, rounds=1, peak
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_acts_flags(ap)
-    common.add_process_flags(ap)
-    ap.add_argument("--d-sae", type=int, default=4096)
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    common.add_step_study_flags(ap, SMOKE)
     ap.add_argument("--l1", type=float, default=3.0, help="L1 coefficient")
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per round and contender")
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peak-reps", type=int, default=3, help="timed reps per matmul rate")
     ap.add_argument("--square", type=int, default=4096, help="size of the square peak matmul")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     return common.parse_with_smoke(ap, argv, SMOKE)
 
 

@@ -50,18 +50,10 @@ SMOKE = dict(rows=4096, acts_d=32, d_sae=512, batch=256, k=8, steps=2, rounds=1,
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_acts_flags(ap)
-    common.add_process_flags(ap)
-    ap.add_argument("--d-sae", type=int, default=4096)
-    ap.add_argument("--batch", type=int, default=4096)
+    common.add_step_study_flags(ap, SMOKE)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per round and contender")
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pretrain-steps", type=int, default=20,
                     help="project steps before the pre-activations of the encode-only timing")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help=f"tiny sizes: {SMOKE}")
     return common.parse_with_smoke(ap, argv, SMOKE)
 
 
