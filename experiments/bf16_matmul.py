@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _bench_common import timed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,23 +47,13 @@ def matmul_bf16(x_BD, w_DF):
                       preferred_element_type=jnp.float32)
 
 
-def median_ms(fn, inputs, reps: int) -> float:
-    jax.block_until_ready(fn(*inputs))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*inputs))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     rng = np.random.default_rng(0)
     x_BD = jnp.asarray(rng.standard_normal((args.b, args.d), np.float32))
     w_DF = jnp.asarray(rng.standard_normal((args.d, args.f), np.float32))
     fns = {"float32": jax.jit(matmul_f32), "bfloat16_f32_acc": jax.jit(matmul_bf16)}
-    ms = {name: median_ms(fn, (x_BD, w_DF), args.reps) for name, fn in fns.items()}
+    ms = {name: 1e3 * timed(fn, x_BD, w_DF, reps=args.reps)[0] for name, fn in fns.items()}
     exact = np.asarray(x_BD, np.float64) @ np.asarray(w_DF, np.float64)
     rel_err = {name: float(np.linalg.norm(np.asarray(fn(x_BD, w_DF)) - exact)
                            / np.linalg.norm(exact)) for name, fn in fns.items()}

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _bench_common import timed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,16 +67,6 @@ def grad_fns(num_b: int, num_d: int, num_f: int):
     return {"dense": dense, "scatter_FD": scatter_fd, "sorted_segment": sorted_segment}
 
 
-def median_ms(fn, inputs, reps: int) -> float:
-    jax.block_until_ready(fn(*inputs))  # compile and warm
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*inputs))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     rng = np.random.default_rng(0)
@@ -91,7 +81,7 @@ def main(argv=None) -> None:
               "backend": jax.default_backend(), "reps": args.reps, "median_ms": {},
               "speedup_vs_dense": {}, "max_abs_diff": {}}
     for name, fn in fns.items():
-        result["median_ms"][name] = median_ms(fn, inputs, args.reps)
+        result["median_ms"][name] = 1e3 * timed(fn, *inputs, reps=args.reps)[0]
         result["max_abs_diff"][name] = float(np.max(np.abs(np.asarray(fn(*inputs))
                                                            - reference_DF)))
     for name, ms in result["median_ms"].items():

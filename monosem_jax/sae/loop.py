@@ -147,8 +147,7 @@ def train_members(cfg: sae_run.TrainConfig, st, specs: list[sae_run.RunSpec], *,
         reader.close()
     rate = lagged.timed_steps / lagged.elapsed if lagged.elapsed else 0.0
     last = report.last or {"loss": np.full(len(specs), np.nan)}
-    compilations = sum(f._cache_size() for f in {id(step_fn): step_fn, id(settled_fn): settled_fn}
-                       .values())
+    compilations = step_fn._cache_size() + (settled_fn._cache_size() if settled else 0)
     return Trained(states, hps, eval_ND, start, rate * cfg.batch_size,
                    np.asarray(last["loss"], np.float64).reshape(-1), compilations)
 
