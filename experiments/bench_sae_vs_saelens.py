@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--l1", type=float, default=3.0, help="L1 coefficient (both sides)")
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--sparse-capacity", type=int, default=sae_model.SAEConfig.sparse_capacity,
+                    help="our SAEConfig.sparse_capacity (0 = the dense step)")
     ap.add_argument("--holdout", type=int, default=16384, help="held-out tail rows")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -106,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sae_config(variant: str, a, d: int) -> sae_model.SAEConfig:
     return sae_model.SAEConfig(variant=variant, d=d, d_sae=a.d_sae, k=a.k,
-                               k_aux=min(256, a.d_sae), dead_steps=OUR_DEAD_STEPS)
+                               k_aux=min(256, a.d_sae), dead_steps=OUR_DEAD_STEPS,
+                               sparse_capacity=a.sparse_capacity)
 
 
 def hparams(cfg: sae_model.SAEConfig, a) -> dict:

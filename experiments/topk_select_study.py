@@ -162,7 +162,8 @@ NOT_IN_STEP = ("bisect32 threshold+where",)  # 5x slower than top_k alone
 def topk_loss_terms(params, x_BD, z_BF, xhat_BD, f_BF, hp, dead_F, cfg):
     """losses.loss_topk's value and aux from its reconstruction: mse + aux_coef · AuxK."""
     mse = jnp.mean(jnp.sum(jnp.square(x_BD - xhat_BD), axis=1))
-    auxk = sae_losses.auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
+    auxk = sae_losses.auxk_term(params, sae_losses.auxk_z_fn(cfg, x_BD, z_BF), x_BD, xhat_BD,
+                                dead_F, cfg.k_aux)
     return mse + hp["aux_coef"] * auxk, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse,
                                           "auxk": auxk}
 

@@ -44,8 +44,10 @@ def members_step(sae_cfg, strategy: str, num_members: int):
     step = functools.partial(sae_step.train_step, cfg=sae_cfg)
     if strategy == "single":
         return step
-    if strategy == "vmap":
-        return lambda states, x_BD, hps: jax.vmap(step, in_axes=(0, None, 0))(states, x_BD, hps)
+    if strategy == "vmap":  # named, so the sparse step's branch is chosen for all members at once
+        vstep = jax.vmap(functools.partial(step, member_axis="members"), in_axes=(0, None, 0),
+                         axis_name="members")
+        return lambda states, x_BD, hps: vstep(states, x_BD, hps)
     if strategy == "map":
         return lambda states, x_BD, hps: jax.lax.map(
             lambda member: step(member[0], x_BD, member[1]), (states, hps)

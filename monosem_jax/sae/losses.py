@@ -1,10 +1,13 @@
 """One named loss per SAE variant, plus the pieces only losses need (AuxK, JL, JumpReLU STE).
 
-Every loss has the signature (params, x_BD, hp, dead_F, cfg) -> (loss, aux), where hp holds the
-*effective* (already scheduled) hyper-parameters, dead_F is the [F] bool mask of dead latents and
-aux holds "f_BF", "xhat_BD", "mse" and the variant's penalty terms by name (batchtopk variants add
+Every loss has the signature (params, x_BD, hp, dead_F, cfg, pre_BF=None) -> (loss, aux), where hp
+holds the *effective* (already scheduled) hyper-parameters, dead_F is the [F] bool mask of dead
+latents, pre_BF (optional) the variant's pre-activations already computed by the train step (the
+loss then reads them through encoder_grad.attach_dense instead of redoing the product) and aux
+holds "f_BF", "xhat_BD", "mse" and the variant's penalty terms by name (batchtopk variants add
 "min_kept", the sample their threshold averages). mse is the mean over the batch of the squared
-error summed over d (the papers' ‖x − x̂‖²).
+error summed over d (the papers' ‖x − x̂‖²). sae/sparse.py has the same losses over the active
+latents only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from monosem_jax.sae import model
+from monosem_jax.sae import encoder_grad, model
 from monosem_jax.sae.model import HParams, Params, SAEConfig
 
 Aux = dict[str, jax.Array]
@@ -27,18 +30,29 @@ def _mse(x_BD: jax.Array, xhat_BD: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(jnp.square(x_BD - xhat_BD), axis=1))
 
 
+def variant_preacts(cfg: SAEConfig, params: Params, x_BD: jax.Array,
+                    pre_BF: jax.Array | None) -> jax.Array:
+    """The variant's pre-activations [B, F], differentiable: computed here, or the train step's
+    `pre_BF` with the dense encoder gradient attached."""
+    if pre_BF is None:
+        return model.variant_preacts(cfg, params, x_BD)
+    bias_F = model.encoder_bias(params, cfg.variant in model.PRE_ENCODER_BIAS)
+    return encoder_grad.attach_dense(pre_BF, x_BD, params["w_enc_DF"], bias_F)
+
+
 def decoder_weighted_l1(f_BF: jax.Array, n_F: jax.Array) -> jax.Array:
     """mean_b Σ_i f_i ‖W_dec,i‖ (f >= 0), reduced over the batch first: no [B,F] product kept."""
     return jnp.dot(jnp.sum(f_BF, axis=0), n_F) / f_BF.shape[0]
 
 
 def loss_anthropic_2024(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """mean ‖x − x̂‖² + λ mean Σ_i f_i ‖W_dec,i‖ with f = ReLU(W_enc x + b_enc), no pre-bias."""
-    del dead_F, cfg
+    del dead_F
     x_BD = x_BD.astype(jnp.float32)
-    f_BF = jax.nn.relu(model.preacts(params, x_BD))
+    f_BF = jax.nn.relu(variant_preacts(cfg, params, x_BD, pre_BF))
     xhat_BD = model.decode(params, f_BF)
     mse = _mse(x_BD, xhat_BD)
     l1 = decoder_weighted_l1(f_BF, model.decoder_norms(params))
@@ -68,44 +82,80 @@ def auxk_loss(
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
+@jax.custom_vjp
+def known_grad(params: Params, value: jax.Array, grads: Params) -> jax.Array:
+    """`value`, whose gradient wrt params is `grads` (both computed beforehand, gradient-free)."""
+    return value
+
+
+def _known_grad_fwd(params, value, grads):
+    return value, grads
+
+
+def _known_grad_bwd(grads, ct):
+    return jax.tree.map(lambda g: ct * g, grads), None, None
+
+
+known_grad.defvjp(_known_grad_fwd, _known_grad_bwd)
+
+
+def auxk_z_fn(cfg: SAEConfig, x_BD: jax.Array, z_BF: jax.Array):
+    """AuxK's pre-activations as a function of the params: z_BF's value with its dense encoder
+    gradient (no second encoder product)."""
+    z_BF = jax.lax.stop_gradient(z_BF)
+    pre_bias = cfg.variant in model.PRE_ENCODER_BIAS
+    return lambda p: encoder_grad.attach_dense(z_BF, x_BD, p["w_enc_DF"],
+                                               model.encoder_bias(p, pre_bias))
+
+
 def auxk_term(
-    params: Params, z_BF: jax.Array, x_BD: jax.Array, xhat_BD: jax.Array, dead_F: jax.Array,
-    k_aux: int,
+    params: Params, z_fn, x_BD: jax.Array, xhat_BD: jax.Array, dead_F: jax.Array, k_aux: int,
 ) -> jax.Array:
-    """The TopK family's AuxK on the residual stop_grad(x − x̂); 0 while nothing is dead."""
+    """The TopK family's AuxK on the residual stop_grad(x − x̂); 0 while nothing is dead.
+
+    z_fn(params) gives the differentiable pre-activations [B, F] (`auxk_z_fn`)."""
     e_BD = jax.lax.stop_gradient(x_BD - xhat_BD)  # AuxK fits the residual; it does not move it
+    params_sg = jax.lax.stop_gradient(params)
     # Skip the extra top_k and [B,F]x[F,D] products while nothing is dead (early training). With
     # no dead latent the term is 0, as SAELens returns (OpenAI's would be a gradient-free const).
-    return jax.lax.cond(
+    # The branch takes AuxK's value and gradient together and `known_grad` hands the gradient
+    # to the step's: differentiating through the cond instead would make the untaken branch
+    # fill [B, F] residuals with zeros every step (measured: +60 ms of a 220 ms topk step).
+    value, grads = jax.lax.cond(
         jnp.any(dead_F),
-        lambda: auxk_loss(params, z_BF, e_BD, dead_F, k_aux),
-        lambda: jnp.zeros((), jnp.float32),
+        lambda: jax.value_and_grad(
+            lambda p: auxk_loss(p, z_fn(p), e_BD, dead_F, k_aux))(params_sg),
+        lambda: (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params_sg)),
     )
+    return known_grad(params, value, grads)
 
 
 def loss_topk(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """mean ‖x − x̂‖² + aux_coef · AuxK, f = ReLU(TopK_k(W_enc (x − b_dec) + b_enc))."""
     x_BD = x_BD.astype(jnp.float32)
-    z_BF = model.preacts_pre_bias(params, x_BD)
+    z_BF = variant_preacts(cfg, params, x_BD, pre_BF)
     # Sparse decode: x̂ = Σ_k f_k W_dec[idx_k] + b_dec gathers k decoder rows per row instead of
     # a dense [B,F]x[F,D] product (and its two backward products: the W_dec gradient becomes a
     # scatter-add of B·k rows); same value up to summation order, faster (experiments/README.md,
     # topk_select_study.py). The dense f is kept for the metrics and dead-feature tracking only.
     vals_BK, idx_BK = model.topk_select(z_BF, cfg.k, hp["k"])
     xhat_BD = model.decode_sparse(params, vals_BK, idx_BK)
-    return _mse_and_auxk(params, x_BD, z_BF, xhat_BD, model.scatter_topk(z_BF, vals_BK, idx_BK),
-                         dead_F, hp, cfg)
+    f_BF = model.scatter_topk(z_BF, vals_BK, idx_BK)
+    return mse_and_auxk(params, x_BD, auxk_z_fn(cfg, x_BD, z_BF), xhat_BD, {"f_BF": f_BF},
+                        dead_F, hp, cfg)
 
 
-def _mse_and_auxk(params: Params, x_BD, z_BF, xhat_BD, f_BF, dead_F, hp: HParams,
-                  cfg: SAEConfig) -> tuple[jax.Array, Aux]:
-    """The TopK family's loss from its reconstruction: mse + aux_coef · AuxK (f, the dense
-    activations, only for metrics and dead-latent tracking: no gradient)."""
+def mse_and_auxk(params: Params, x_BD, z_fn, xhat_BD, acts: Aux, dead_F, hp: HParams,
+                 cfg: SAEConfig) -> tuple[jax.Array, Aux]:
+    """The TopK family's loss from its reconstruction: mse + aux_coef · AuxK. `acts`: the
+    activations for metrics and dead-latent tracking ({"f_BF": dense} or a sparse {"code"}),
+    passed on without gradient; z_fn as auxk_term's."""
     mse = _mse(x_BD, xhat_BD)
-    auxk = auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
-    aux = {"f_BF": jax.lax.stop_gradient(f_BF), "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk}
+    auxk = auxk_term(params, z_fn, x_BD, xhat_BD, dead_F, cfg.k_aux)
+    aux = {**jax.lax.stop_gradient(acts), "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk}
     return mse + hp["aux_coef"] * auxk, aux
 
 
@@ -117,7 +167,8 @@ def smallest_kept(vals_S: jax.Array) -> jax.Array:
 
 
 def loss_batchtopk(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """mean ‖x − x̂‖² + aux_coef · AuxK, f = the k·B largest of ReLU(W_enc (x − b_dec) + b_enc)."""
     # Bussmann et al. 2024 (BatchTopK SAEs; dictionary_learning batch_top_k.py, SAELens
@@ -125,21 +176,23 @@ def loss_batchtopk(
     # taken over the whole batch. aux["min_kept"] is the batch's sample for the inference
     # threshold θ, which step.train_step averages (the loss does not read θ).
     x_BD = x_BD.astype(jnp.float32)
-    z_BF = model.preacts_pre_bias(params, x_BD)
+    z_BF = variant_preacts(cfg, params, x_BD, pre_BF)
     vals_S, flat_S = model.batchtopk_select(z_BF, cfg.k, hp["k"])
     xhat_BD = model.decode_batch_sparse(params, vals_S, flat_S, x_BD.shape[0])
-    loss, aux = _mse_and_auxk(params, x_BD, z_BF, xhat_BD,
-                              model.scatter_batchtopk(z_BF, vals_S, flat_S), dead_F, hp, cfg)
+    f_BF = model.scatter_batchtopk(z_BF, vals_S, flat_S)
+    loss, aux = mse_and_auxk(params, x_BD, auxk_z_fn(cfg, x_BD, z_BF), xhat_BD, {"f_BF": f_BF},
+                             dead_F, hp, cfg)
     return loss, {**aux, "min_kept": smallest_kept(vals_S)}
 
 
 def loss_towards_2023(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """mean ‖x − x̂‖² + λ mean Σ|f|, f = ReLU(W_enc (x − b_dec) + b_enc), unit-norm decoder rows."""
-    del dead_F, cfg
+    del dead_F
     x_BD = x_BD.astype(jnp.float32)
-    f_BF = jax.nn.relu(model.preacts_pre_bias(params, x_BD))
+    f_BF = jax.nn.relu(variant_preacts(cfg, params, x_BD, pre_BF))
     xhat_BD = model.decode(params, f_BF)
     mse = _mse(x_BD, xhat_BD)
     l1 = jnp.sum(f_BF) / f_BF.shape[0]  # f >= 0 after ReLU, so |f| = f
@@ -161,14 +214,15 @@ def jl_penalty(w_FD: jax.Array) -> jax.Array:
 
 
 def loss_jl(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """anthropic_2024's loss + jl_coef · JL penalty over the decoder (dictionary) directions."""
     # axu930/gpt_sae applies the penalty to dec.weight.T, the unit-norm dictionary vectors
     # (its code calls them "w_enc"); we take the same directions, normalised explicitly because
     # this variant's decoder norms are free. Its "jl" loss has no L1 term and its "hybrid" adds
     # one: here that is l1_coef (default 0 for jl, see step.default_hparams).
-    loss, aux = loss_anthropic_2024(params, x_BD, hp, dead_F, cfg)
+    loss, aux = loss_anthropic_2024(params, x_BD, hp, dead_F, cfg, pre_BF)
     jl = jl_penalty(params["w_dec_FD"])
     return loss + hp["jl_coef"] * jl, {**aux, "jl": jl}
 
@@ -178,54 +232,68 @@ def _rectangle(u: jax.Array) -> jax.Array:
     return ((u > -0.5) & (u < 0.5)).astype(u.dtype)
 
 
+def _lead(theta: jax.Array, z: jax.Array) -> jax.Array:
+    """θ with leading unit axes up to z's rank (θ [F] against z [B, F] becomes [1, F])."""
+    return theta.reshape((1,) * (z.ndim - theta.ndim) + theta.shape)
+
+
+def _sum_to(g: jax.Array, theta: jax.Array) -> jax.Array:
+    """g summed over the leading axes θ was broadcast along (θ [F] against z [B, F]; none when θ
+    has z's shape, as the sparse step's θ[idx] [B, K])."""
+    return jnp.sum(g, axis=tuple(range(g.ndim - theta.ndim)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def jumprelu(z_BF: jax.Array, theta_F: jax.Array, bandwidth: float) -> jax.Array:
-    """z · H(z − θ); pseudo-gradient wrt θ: −(θ/ε) K((z − θ)/ε) (Gemma Scope STE)."""
-    return jnp.where(z_BF > theta_F[None], z_BF, 0.0)
+def jumprelu(z: jax.Array, theta: jax.Array, bandwidth: float) -> jax.Array:
+    """z · H(z − θ); pseudo-gradient wrt θ: −(θ/ε) K((z − θ)/ε) (Gemma Scope STE).
+
+    θ broadcasts against z: [F] per latent for z [B, F], or z's own shape."""
+    return jnp.where(z > _lead(theta, z), z, 0.0)
 
 
-def _jumprelu_fwd(z_BF, theta_F, bandwidth):
-    return jumprelu(z_BF, theta_F, bandwidth), (z_BF, theta_F)
+def _jumprelu_fwd(z, theta, bandwidth):
+    return jumprelu(z, theta, bandwidth), (z, theta)
 
 
-def _jumprelu_bwd(bandwidth, res, g_BF):
-    z_BF, theta_F = res
+def _jumprelu_bwd(bandwidth, res, g):
+    z, theta = res
+    theta_z = _lead(theta, z)
     # No STE on z: its gradient is that of z·H(z − θ) away from the jump (SAELens JumpReLU).
-    dz_BF = jnp.where(z_BF > theta_F[None], g_BF, 0.0)
-    kernel_BF = _rectangle((z_BF - theta_F[None]) / bandwidth)
-    dtheta_F = jnp.sum(-(theta_F[None] / bandwidth) * kernel_BF * g_BF, axis=0)
-    return dz_BF, dtheta_F
+    dz = jnp.where(z > theta_z, g, 0.0)
+    kernel = _rectangle((z - theta_z) / bandwidth)
+    return dz, _sum_to(-(theta_z / bandwidth) * kernel * g, theta)
 
 
 jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def heaviside(z_BF: jax.Array, theta_F: jax.Array, bandwidth: float) -> jax.Array:
-    """H(z − θ); pseudo-gradient wrt θ: −(1/ε) K((z − θ)/ε), none wrt z."""
-    return (z_BF > theta_F[None]).astype(z_BF.dtype)
+def heaviside(z: jax.Array, theta: jax.Array, bandwidth: float) -> jax.Array:
+    """H(z − θ); pseudo-gradient wrt θ: −(1/ε) K((z − θ)/ε), none wrt z (θ as in `jumprelu`)."""
+    return (z > _lead(theta, z)).astype(z.dtype)
 
 
-def _heaviside_fwd(z_BF, theta_F, bandwidth):
-    return heaviside(z_BF, theta_F, bandwidth), (z_BF, theta_F)
+def _heaviside_fwd(z, theta, bandwidth):
+    return heaviside(z, theta, bandwidth), (z, theta)
 
 
-def _heaviside_bwd(bandwidth, res, g_BF):
-    z_BF, theta_F = res
-    kernel_BF = _rectangle((z_BF - theta_F[None]) / bandwidth)
-    return jnp.zeros_like(z_BF), jnp.sum(-(1.0 / bandwidth) * kernel_BF * g_BF, axis=0)
+def _heaviside_bwd(bandwidth, res, g):
+    z, theta = res
+    kernel = _rectangle((z - _lead(theta, z)) / bandwidth)
+    return jnp.zeros_like(z), _sum_to(-(1.0 / bandwidth) * kernel * g, theta)
 
 
 heaviside.defvjp(_heaviside_fwd, _heaviside_bwd)
 
 
 def loss_jumprelu(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """mean ‖x − x̂‖² + l0_coef · mean L0, f = JumpReLU_θ(W_enc x + b_enc), θ = exp(log θ)."""
     del dead_F
     x_BD = x_BD.astype(jnp.float32)
-    z_BF = model.preacts(params, x_BD)
+    z_BF = variant_preacts(cfg, params, x_BD, pre_BF)
     theta_F = jnp.exp(params["log_threshold_F"])
     f_BF = jumprelu(z_BF, theta_F, cfg.jumprelu_bandwidth)
     xhat_BD = model.decode(params, f_BF)
@@ -238,7 +306,8 @@ def loss_jumprelu(
 
 
 def loss_matryoshka(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """mean over prefixes m of ‖x − x̂_m‖² + λ mean Σ_i f_i ‖W_dec,i‖, x̂_m from f[:, :m] only."""
     # Bussmann et al. 2025 (Matryoshka SAEs; also Nabeshima 2024): each nested prefix of the
@@ -248,7 +317,7 @@ def loss_matryoshka(
     # chunk's product, so the prefix reconstructions together cost one decode, not |P|.
     del dead_F
     x_BD = x_BD.astype(jnp.float32)
-    f_BF = jax.nn.relu(model.preacts(params, x_BD))
+    f_BF = jax.nn.relu(variant_preacts(cfg, params, x_BD, pre_BF))
     xhat_BD = jnp.broadcast_to(params["b_dec_D"][None], x_BD.shape)
     mses, start = [], 0
     for end in cfg.prefixes:
@@ -265,16 +334,25 @@ def loss_matryoshka(
 
 
 def loss_matryoshka_batchtopk(
-    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig
+    params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
+    pre_BF: jax.Array | None = None,
 ) -> tuple[jax.Array, Aux]:
     """mean over prefixes m of ‖x − x̂_m‖² + aux_coef · AuxK; BatchTopK f, x̂_m from f[:, :m]."""
     # dictionary_learning matryoshka_batch_top_k.py (Bussmann et al. 2025): the batch selection
     # over all latents, then loss_matryoshka's nested-prefix reconstruction (equal weights,
     # cumulative chunks) instead of an L1; AuxK fits the full dictionary's residual.
     x_BD = x_BD.astype(jnp.float32)
-    num_b = x_BD.shape[0]
-    z_BF = model.preacts_pre_bias(params, x_BD)
+    z_BF = variant_preacts(cfg, params, x_BD, pre_BF)
     vals_S, flat_S = model.batchtopk_select(z_BF, cfg.k, hp["k"])
+    f_BF = model.scatter_batchtopk(z_BF, vals_S, flat_S)
+    return matryoshka_batch_loss(params, x_BD, auxk_z_fn(cfg, x_BD, z_BF), vals_S, flat_S,
+                                 {"f_BF": f_BF}, dead_F, hp, cfg)
+
+
+def matryoshka_batch_loss(params: Params, x_BD, z_fn, vals_S, flat_S, acts: Aux, dead_F,
+                          hp: HParams, cfg: SAEConfig) -> tuple[jax.Array, Aux]:
+    """matryoshka_batchtopk's loss from its batch selection (z_fn, acts as mse_and_auxk's)."""
+    num_b = x_BD.shape[0]
     rows_S, cols_S, terms_SD = model.batch_sparse_terms(params, vals_S, flat_S)
     xhat_BD = jnp.broadcast_to(params["b_dec_D"][None], x_BD.shape)
     mses, start = [], 0
@@ -284,10 +362,9 @@ def loss_matryoshka_batchtopk(
                                                 rows_S, num_segments=num_b)
         mses.append(_mse(x_BD, xhat_BD))
         start = end
-    f_BF = jax.lax.stop_gradient(model.scatter_batchtopk(z_BF, vals_S, flat_S))
-    auxk = auxk_term(params, z_BF, x_BD, xhat_BD, dead_F, cfg.k_aux)
+    auxk = auxk_term(params, z_fn, x_BD, xhat_BD, dead_F, cfg.k_aux)
     loss = sum(mses) / len(mses) + hp["aux_coef"] * auxk
-    aux = {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mses[-1], "auxk": auxk,
+    aux = {**jax.lax.stop_gradient(acts), "xhat_BD": xhat_BD, "mse": mses[-1], "auxk": auxk,
            "min_kept": smallest_kept(vals_S)}
     aux.update({f"mse_prefix{i}": m for i, m in enumerate(mses[:-1])})
     return loss, aux

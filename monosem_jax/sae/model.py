@@ -76,6 +76,13 @@ class SAEConfig:
     # Resolved in __post_init__, so a config records the sizes it trained with. Other variants
     # ignore the field.
     prefixes: tuple[int, ...] = ()
+    # How the train step pays for the decoder and the encoder's weight gradient; the model is the
+    # same either way (sae/sparse.py). 0: dense products over all F latents. Else sums over the
+    # active latents only: always for the TopK family (k per row); for the ReLU variants and
+    # JumpReLU whenever no row of the batch has more than this many active latents (a batch with
+    # a busier row takes the dense step, so the result is exact either way). -1: d_sae / 128,
+    # where the two cost the same on CPU. Capped at d_sae.
+    sparse_capacity: int = -1
 
     def __post_init__(self):
         _require(self.variant in VARIANTS, "variant", self.variant, f"one of {VARIANTS}")
@@ -88,6 +95,8 @@ class SAEConfig:
                      f"an integer in [1, d_sae={self.d_sae}]")
             _require(_is_int(self.k_aux) and 0 < self.k_aux <= self.d_sae, "k_aux", self.k_aux,
                      f"an integer in [1, d_sae={self.d_sae}]")
+        _require(_is_int(self.sparse_capacity) and self.sparse_capacity >= -1, "sparse_capacity",
+                 self.sparse_capacity, "an integer >= 0 (capped at d_sae), or -1 (automatic)")
         _require(self.jumprelu_bandwidth > 0, "jumprelu_bandwidth", self.jumprelu_bandwidth,
                  "> 0")
         _require(self.jumprelu_threshold_init > 0, "jumprelu_threshold_init",
@@ -157,6 +166,19 @@ def decoder_norms(params: Params) -> jax.Array:
     return row_norms(params["w_dec_FD"])
 
 
+def encoder_bias(params: Params, pre_bias: bool) -> jax.Array:
+    """The encoder product's bias [F]: b_enc, or b_enc − b_dec W_enc with a pre-encoder bias."""
+    if not pre_bias:
+        return params["b_enc_F"]
+    return params["b_enc_F"] - params["b_dec_D"] @ params["w_enc_DF"]
+
+
+def variant_preacts(cfg: SAEConfig, params: Params, x_BD: jax.Array) -> jax.Array:
+    """The variant's pre-activations x W_enc + bias [B, F] (pre-encoder bias where it has one)."""
+    bias_F = encoder_bias(params, cfg.variant in PRE_ENCODER_BIAS)
+    return x_BD.astype(jnp.float32) @ params["w_enc_DF"] + bias_F[None]
+
+
 def preacts(params: Params, x_BD: jax.Array) -> jax.Array:
     """W_enc x + b_enc (no pre-encoder bias)."""
     return x_BD @ params["w_enc_DF"] + params["b_enc_F"][None]
@@ -167,8 +189,7 @@ def preacts_pre_bias(params: Params, x_BD: jax.Array) -> jax.Array:
     # (x − b)W = xW − bW: the gradient wrt b_dec is then a [F]x[F,D] product of the summed
     # pre-activation grads instead of a full [B,F]x[F,D] matmul (OpenAI's "pre_bias grad
     # optimization" in sparse_autoencoder/train.py).
-    bias_F = params["b_enc_F"] - params["b_dec_D"] @ params["w_enc_DF"]
-    return x_BD @ params["w_enc_DF"] + bias_F[None]
+    return x_BD @ params["w_enc_DF"] + encoder_bias(params, pre_bias=True)[None]
 
 
 def topk_select(
@@ -353,8 +374,8 @@ def fold_decoder_norms(cfg: SAEConfig, params: Params) -> Params:
     return folded
 
 
-def batch_metrics(x_BD: jax.Array, xhat_BD: jax.Array, f_BF: jax.Array) -> dict[str, jax.Array]:
-    """mse, nmse, explained variance, L0 and L1 of one batch (float32 scalars)."""
+def reconstruction_metrics(x_BD: jax.Array, xhat_BD: jax.Array) -> dict[str, jax.Array]:
+    """mse, nmse and explained variance of one batch (float32 scalars)."""
     x_BD = x_BD.astype(jnp.float32)
     sse_B = jnp.sum(jnp.square(x_BD - xhat_BD), axis=1)
     sse = jnp.sum(sse_B)
@@ -363,6 +384,26 @@ def batch_metrics(x_BD: jax.Array, xhat_BD: jax.Array, f_BF: jax.Array) -> dict[
         "mse": jnp.mean(sse_B),
         "nmse": sse / jnp.sum(jnp.square(x_BD)),
         "explained_variance": 1.0 - sse / jnp.sum(jnp.square(centred_BD)),
-        "l0": jnp.mean(jnp.sum(f_BF != 0, axis=1, dtype=jnp.float32)),
-        "l1": jnp.mean(jnp.sum(jnp.abs(f_BF), axis=1)),
     }
+
+
+def dense_code_stats(f_BF: jax.Array) -> dict[str, jax.Array]:
+    """L0 and L1 per row (batch means) and which latents fired [F] of dense activations."""
+    return {"l0": jnp.mean(jnp.sum(f_BF != 0, axis=1, dtype=jnp.float32)),
+            "l1": jnp.mean(jnp.sum(jnp.abs(f_BF), axis=1)),
+            "fired_F": jnp.any(f_BF > 0, axis=0)}
+
+
+def sparse_code_stats(vals_N: jax.Array, cols_N: jax.Array, num_b: int,
+                      num_f: int) -> dict[str, jax.Array]:
+    """`dense_code_stats` of a sparse code: N entries (value, latent) of a batch of num_b rows,
+    each (row, latent) at most once; zero values count as absent."""
+    return {"l0": jnp.sum(vals_N != 0, dtype=jnp.float32) / num_b,
+            "l1": jnp.sum(jnp.abs(vals_N)) / num_b,
+            "fired_F": jnp.zeros((num_f,), bool).at[cols_N].max(vals_N > 0)}
+
+
+def batch_metrics(x_BD: jax.Array, xhat_BD: jax.Array, f_BF: jax.Array) -> dict[str, jax.Array]:
+    """mse, nmse, explained variance, L0 and L1 of one batch (float32 scalars)."""
+    stats = dense_code_stats(f_BF)
+    return {**reconstruction_metrics(x_BD, xhat_BD), "l0": stats["l0"], "l1": stats["l1"]}

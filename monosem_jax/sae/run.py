@@ -42,6 +42,7 @@ class TrainConfig:
     k_aux: int
     dead_steps: int
     jumprelu_bandwidth: float
+    sparse_capacity: int
     prefixes: tuple[int, ...]
     resample_steps: tuple[int, ...]
     eval_rows: int
@@ -52,6 +53,7 @@ class TrainConfig:
     recorded: dict  # the config as JSON (without the sweep), recorded in each run's config.json
 
     def __post_init__(self):
+        stage_config.non_negative(self, ("sparse_capacity",), note="0 = the dense step")
         stage_config.positive(self, ("steps", "batch_size", "d_sae", "log_every",
                                      "checkpoint_every", "shuffle_blocks"))
         stage_config.one_of("variant", self.variant, sae_model.VARIANTS)
@@ -113,6 +115,7 @@ def run_spec(cfg: TrainConfig, workdir: str, d: int, name: str | None = None,
         k_aux=min(cfg.k_aux, cfg.d_sae),
         dead_steps=cfg.dead_steps,
         jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+        sparse_capacity=cfg.sparse_capacity,
         prefixes=cfg.prefixes,
     )
     spec = RunSpec(

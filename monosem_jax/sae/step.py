@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from monosem_jax.sae import model
+from monosem_jax.sae import model, sparse
 from monosem_jax.sae.losses import LOSSES, VARIANT_HPARAMS
 from monosem_jax.sae.model import HParams, Params, SAEConfig
 
@@ -149,18 +149,69 @@ def project_out_parallel(w_dec_FD: jax.Array, g_FD: jax.Array) -> jax.Array:
     return g_FD - jnp.sum(g_FD * u_FD, axis=1)[:, None] * u_FD
 
 
-def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig, loss=None
-               ) -> tuple[State, dict[str, jax.Array]]:
+def loss_and_grads(params: Params, x_BD: jax.Array, hp_t: HParams, dead_F: jax.Array,
+                   cfg: SAEConfig, member_axis: str | None = None):
+    """((loss, aux), grads) of the cfg.variant loss: sparse where cfg allows (sae/sparse.py).
+
+    The pre-activations are computed once, without gradient, and every loss reads them; for the
+    variants with a variable number of active latents a batch takes the sparse loss at the
+    smallest capacity its busiest row fits, else the dense one (a lax.switch: only the branch
+    taken runs). Inside a vmap over sweep members named `member_axis`, all members take the same
+    branch (a batched index would make the switch run them all).
+    """
+    def value_and_grad(loss_fn, **kwargs):
+        fn = functools.partial(with_code_stats(loss_fn, x_BD.shape[0], cfg.d_sae), cfg=cfg,
+                               **kwargs)
+        return lambda: jax.value_and_grad(fn, has_aux=True)(params, x_BD, hp_t, dead_F)
+
+    if not sparse.uses_sparse_step(cfg):
+        return value_and_grad(LOSSES[cfg.variant])()
+    pre_BF = jax.lax.stop_gradient(model.variant_preacts(cfg, params, x_BD))
+
+    sparse_loss = sparse.SPARSE_LOSSES[cfg.variant]
+    if cfg.variant not in sparse.VARIABLE_ACTIVE:
+        return value_and_grad(sparse_loss, pre_BF=pre_BF)()
+    rung = sparse.rung(cfg, params, pre_BF)
+    if member_axis is not None:
+        rung = jax.lax.pmax(rung, member_axis)
+    branches = [value_and_grad(sparse_loss, pre_BF=pre_BF, num_c=c)
+                for c in sparse.capacities(cfg)]
+    return jax.lax.switch(rung, branches + [value_and_grad(LOSSES[cfg.variant], pre_BF=pre_BF)])
+
+
+def with_code_stats(loss_fn, num_b: int, num_f: int):
+    """loss_fn whose aux carries the statistics of its activations ("code_stats": L0, L1 and
+    the fired latents [F]) instead of the activations themselves: dense f_BF from the dense
+    losses, a sparse "code" (values, latents) from sae/sparse.py's, so the step never builds a
+    [B, F] array it does not need, and both branches of the sparse step's cond agree."""
+    def wrapped(*args, **kwargs):
+        loss, aux = loss_fn(*args, **kwargs)
+        aux = dict(aux)
+        if "f_BF" in aux:
+            stats = model.dense_code_stats(aux.pop("f_BF"))
+        else:
+            stats = model.sparse_code_stats(*aux.pop("code"), num_b, num_f)
+        return loss, {**aux, "code_stats": jax.lax.stop_gradient(stats)}
+    return wrapped
+
+
+def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig, loss=None,
+               member_axis: str | None = None) -> tuple[State, dict[str, jax.Array]]:
     """One optimiser step of the cfg.variant loss; pure (jit with cfg static, donate state).
 
-    `loss` replaces the variant's loss function (same signature as `losses.LOSSES` entries);
-    experiments pass alternative formulations through it.
+    `loss` replaces the variant's loss function (same signature as `losses.LOSSES` entries,
+    always dense); experiments pass alternative formulations through it. `member_axis`: the
+    vmap axis name when the step runs vmapped over sweep members.
     """
     params = state["params"]
     hp_t = scheduled(hp, state["step"])
     dead_F = state["steps_since_fired_F"] >= cfg.dead_steps
-    loss_fn = functools.partial(loss or LOSSES[cfg.variant], cfg=cfg)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x_BD, hp_t, dead_F)
+    if loss is not None:
+        loss_fn = functools.partial(with_code_stats(loss, x_BD.shape[0], cfg.d_sae), cfg=cfg)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x_BD, hp_t,
+                                                                        dead_F)
+    else:
+        (loss, aux), grads = loss_and_grads(params, x_BD, hp_t, dead_F, cfg, member_axis)
     unit_norm = cfg.variant in model.UNIT_NORM_DECODER
     if unit_norm:  # only the tangential part may move a row constrained to the unit sphere
         grads = {**grads, "w_dec_FD": project_out_parallel(params["w_dec_FD"], grads["w_dec_FD"])}
@@ -173,15 +224,15 @@ def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig, lo
         new_params["threshold"] = update_threshold(params["threshold"], aux["min_kept"],
                                                    hp_t["threshold_rate"])
 
-    f_BF = aux["f_BF"]
-    fired_F = jnp.any(f_BF > 0, axis=0)
+    stats = aux.pop("code_stats")
+    fired_F = stats.pop("fired_F")
     since_F = jnp.where(fired_F, 0, state["steps_since_fired_F"] + 1)
     new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
                  "steps_since_fired_F": since_F}
 
-    metrics = model.batch_metrics(x_BD, aux["xhat_BD"], f_BF)
+    metrics = {**model.reconstruction_metrics(x_BD, aux["xhat_BD"]), **stats}
     # The variant's penalty terms; "l1" is then the penalty (the L1 of f·‖W_dec‖) where it has one.
-    metrics.update({k: v for k, v in aux.items() if k not in ("f_BF", "xhat_BD")})
+    metrics.update({k: v for k, v in aux.items() if k != "xhat_BD"})
     metrics.update(loss=loss, lr=hp_t["lr"], l1_coef=hp_t["l1_coef"], grad_norm=grad_norm,
                    dead_fraction=jnp.mean((since_F >= cfg.dead_steps).astype(jnp.float32)))
     if cfg.variant in model.TOPK_FAMILY:

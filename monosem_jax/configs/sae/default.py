@@ -57,6 +57,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         200  # steps without firing before a latent counts as dead (AuxK, resampling)
     )
     config.resample_steps = ()  # towards_2023: the steps at which dead latents resample
+    # The sparse step (same result, fewer FLOPs: monosem_jax/sae/sparse.py): the decoder and the
+    # encoder's weight gradient over the active latents only. TopK variants always use it when
+    # > 0; the ReLU variants and jumprelu for each batch whose rows all have at most this many
+    # active latents (others take the dense step). 0 = always dense.
+    config.sparse_capacity = 64
 
     config.eval_rows = 65536  # held-out rows (the store's last rows), never trained on
     config.shuffle_blocks = 8  # shuffle buffer, in shards
