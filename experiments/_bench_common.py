@@ -39,7 +39,9 @@ from monosem_jax.configs.sae import default as sae_default  # noqa: E402
 # tensors the same way, so the peer inherits the same settings.
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
               "MALLOC_TRIM_THRESHOLD_": str(1 << 36), "MALLOC_TOP_PAD_": str(1 << 26)}
-PEER_SCRIPT = "peer_saelens.py"
+# The peer trainer (run in the peer's virtualenv): this folder's saelens_peer.py, the shared
+# harness's ../shared/bench/peer_saelens.py loop plus jumprelu, autocast and peak memory.
+PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saelens_peer.py")
 
 
 # ----------------------------------------------------------------------------- process
@@ -329,19 +331,10 @@ def load_acts(path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- peer harness
 
 
-def default_peer_bench_dir() -> str:
-    """../shared/bench relative to the repository, when it exists; else ""."""
-    path = os.path.normpath(os.path.join(REPO, os.pardir, "shared", "bench"))
-    return path if os.path.isdir(path) else ""
-
-
 def add_peer_flags(ap) -> None:
-    ap.add_argument("--peer-bench-dir", default=default_peer_bench_dir(),
-                    help="the peer harness folder holding peer_saelens.py (default: "
-                         "../shared/bench relative to the repository, when present)")
     ap.add_argument("--peer-python", default="",
-                    help="python of a virtualenv with sae-lens and torch (the peer harness's "
-                         "README sets one up); without it the peer side is skipped")
+                    help="python of a virtualenv with sae-lens and torch (../shared/bench/"
+                         "README.md sets one up); without it the peer side is skipped")
 
 
 def peer_unavailable(args) -> str | None:
@@ -350,16 +343,13 @@ def peer_unavailable(args) -> str | None:
         return "no --peer-python given"
     if not os.path.exists(args.peer_python):
         return f"--peer-python {args.peer_python} does not exist"
-    script = os.path.join(args.peer_bench_dir or "", PEER_SCRIPT)
-    if not args.peer_bench_dir or not os.path.exists(script):
-        return f"no {PEER_SCRIPT} in --peer-bench-dir {args.peer_bench_dir!r}"
     return None
 
 
 def run_peer(args, peer_args: list[str], cpus: list[int]) -> dict:
-    """Runs peer_saelens.py with peer_args on `cpus`; its last stdout line (JSON) plus the
+    """Runs saelens_peer.py with peer_args on `cpus`; its last stdout line (JSON) plus the
     process's CPU seconds, CPU share, load and command."""
-    cmd = [args.peer_python, os.path.join(args.peer_bench_dir, PEER_SCRIPT), *peer_args]
+    cmd = [args.peer_python, PEER_SCRIPT, *peer_args]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
     load0 = os.getloadavg()[0]
