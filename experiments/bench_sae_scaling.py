@@ -8,11 +8,12 @@ d_sae 65,536 ours >= 5x the peer's tokens/s, peak memory reported for both.
   python experiments/bench_sae_scaling.py --d-saes 4096,16384 --pairs topk --steps 12
   python experiments/bench_sae_scaling.py --smoke          # tiny sizes; our side only
 
-Each (d_sae, pair) is one run of bench_sae_vs_saelens.py in its own process (--rounds 1, few
-steps: --steps, of which --warmup untimed), so each side's peak resident memory is that run's
-alone: ours is the benchmark process's (the peer runs in a child), the peer's its own process's.
-A run that fails (e.g. killed out of memory) or passes --timeout-s is reported as such, with the
-side that did not finish. All runs share one activation file (--acts, else generated once).
+Per (d_sae, pair), ours then the peer, each alone in its own process (ours:
+bench_sae_vs_saelens.py --rounds 1 without a peer; the peer: saelens_peer.py on the same cores),
+with few steps (--steps, of which --warmup untimed), so each side's peak resident memory is its
+own and neither shares the machine's memory with the other. A side that fails (e.g. killed out
+of memory) or passes --timeout-s is reported as such. All runs share one activation file
+(--acts, else generated once).
 
 The last stdout line is one JSON object: per d_sae and pair, ours and peer tokens/s, their ratio,
 our step over the encoder forward product, both peak memories (MiB), or why a run did not finish.
@@ -51,38 +52,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     return common.parse_with_smoke(ap, argv, SMOKE)
 
 
-def one_run(a, acts: str, d_sae: int, pair: str) -> dict:
-    cmd = [sys.executable, os.path.join(HERE, "bench_sae_vs_saelens.py"), "--acts", acts,
-           "--pairs", pair, "--d-sae", str(d_sae), "--batch", str(a.batch), "--steps",
-           str(a.steps), "--warmup", str(a.warmup), "--k", str(a.k), "--holdout", str(a.holdout),
-           "--rounds", "1", "--peak-reps", "1", "--square", "1024"]
-    if a.peer_python:
-        cmd += ["--peer-python", a.peer_python]
-    common.log(f"d_sae {d_sae} {pair}: {' '.join(cmd)}")
+def _run(cmd: list[str], timeout_s: int) -> tuple[dict | None, str | None]:
+    """(the command's last stdout line as JSON, None), or (None, why it did not finish)."""
+    common.log(" ".join(cmd))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout_s)
-    except subprocess.TimeoutExpired as e:
-        last = (e.stderr or b"")[-400:]
-        last = last.decode(errors="replace") if isinstance(last, bytes) else last
-        return {"finished": False, "why": f"over --timeout-s {a.timeout_s}", "log_tail": last}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, f"over --timeout-s {timeout_s}"
     if proc.returncode != 0:
-        return {"finished": False, "why": f"exit {proc.returncode}",
-                "log_tail": proc.stderr[-600:]}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+        killed = " (killed: out of memory?)" if proc.returncode == -9 else ""
+        return None, f"exit {proc.returncode}{killed}: {proc.stderr[-300:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+
+
+def ours(a, acts: str, d_sae: int, pair: str) -> dict:
+    """Our side alone (bench_sae_vs_saelens.py without a peer): its process's peak memory."""
+    res, why = _run([sys.executable, os.path.join(HERE, "bench_sae_vs_saelens.py"), "--acts",
+                     acts, "--pairs", pair, "--d-sae", str(d_sae), "--batch", str(a.batch),
+                     "--steps", str(a.steps), "--warmup", str(a.warmup), "--k", str(a.k),
+                     "--holdout", str(a.holdout), "--rounds", "1", "--peak-reps", "1",
+                     "--square", "1024"], a.timeout_s)
+    if res is None:
+        return {"finished": False, "why": why}
     fig = res[pair]
-    per_round = res.get(pair, {}).get("per_round_peer", {})
-    out = {"finished": True, "ours_tokens_per_s": fig["ours_tokens_per_s"],
-           "ours_ms_per_step": fig["ours_ms_per_step"],
-           "ours_step_over_encoder_forward": fig["ours_step_over_encoder_forward"],
-           "ours_peak_rss_mb": res["ours_peak_rss_mb"],
-           "ours_explained_variance": fig["quality_heldout"]["ours"]["explained_variance"]}
-    if "peer_tokens_per_s" in fig:
-        out.update(peer_tokens_per_s=fig["peer_tokens_per_s"],
-                   peer_ms_per_step=fig["peer_ms_per_step"],
-                   ratio=fig["ratio_median_of_rounds"],
-                   peer_peak_rss_mb=fig.get("peer_peak_rss_mb"),
-                   peer_explained_variance=fig["quality_heldout"]["peer"]["explained_variance"],
-                   peer_process_cpu_share=per_round.get("process_cpu_share"))
+    return {"finished": True, "tokens_per_s": fig["ours_tokens_per_s"],
+            "ms_per_step": fig["ours_ms_per_step"],
+            "step_over_encoder_forward": fig["ours_step_over_encoder_forward"],
+            "peak_rss_mb": res["ours_peak_rss_mb"],
+            "explained_variance": fig["quality_heldout"]["ours"]["explained_variance"]}
+
+
+def peer(a, acts: str, d_sae: int, pair: str) -> dict:
+    """SAELens alone, in its own process on the same cores (no process of ours beside it)."""
+    arch = {"topk": "topk", "l1": "standard", "jumprelu": "jumprelu"}[pair]
+    cpus = sorted(os.sched_getaffinity(0))
+    cmd = [a.peer_python, common.PEER_SCRIPT, "--acts", acts, "--arch", arch, "--d-sae",
+           str(d_sae), "--batch", str(a.batch), "--steps", str(a.steps), "--warmup",
+           str(a.warmup), "--k", str(a.k), "--holdout", str(a.holdout), "--lr", "3e-4",
+           "--l1", "3.0", "--threads", str(len(cpus))]
+    res, why = _run(["taskset", "-c", ",".join(map(str, cpus)), *cmd], a.timeout_s)
+    if res is None:
+        return {"finished": False, "why": why}
+    return {"finished": True, "tokens_per_s": res["tokens_per_s"],
+            "ms_per_step": res["ms_per_step"], "peak_rss_mb": res["peak_rss_mb"],
+            "explained_variance": res["explained_variance"]}
+
+
+def one_run(a, acts: str, d_sae: int, pair: str) -> dict:
+    out = {"ours": ours(a, acts, d_sae, pair)}
+    if a.peer_python:
+        out["peer"] = peer(a, acts, d_sae, pair)
+        if out["ours"]["finished"] and out["peer"]["finished"]:
+            out["ratio"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
     return out
 
 
@@ -103,7 +124,7 @@ def main(argv=None) -> dict:
            "config": {"d_saes": d_saes, "pairs": pairs, "batch": a.batch, "steps": a.steps,
                       "warmup": a.warmup, "k": a.k, "timeout_s": a.timeout_s},
            "runs": runs, "goal_ratio_at_largest": GOAL_RATIO_AT_LARGEST,
-           "meets_goal_at_largest": {p: (r.get("ratio", 0.0) >= GOAL_RATIO_AT_LARGEST
+           "meets_goal_at_largest": {p: (r["ratio"] >= GOAL_RATIO_AT_LARGEST
                                          if "ratio" in r else None)
                                      for p, r in largest.items()}}
     print(json.dumps(out), flush=True)

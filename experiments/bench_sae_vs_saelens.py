@@ -15,9 +15,10 @@ The peer: --peer-python is the python of a virtualenv with sae-lens and torch (.
 README.md sets one up); without it the peer side is skipped (the reason is logged and in the
 JSON) and only our side is timed. The activations: --acts, else --store's rows, else rows
 generated from a known dictionary (2,048 directions in 256-d, as the harness's make_acts.py) in
-a temporary folder. --with-dense also times our dense step (SAEConfig.sparse_capacity 0) in the
-same rounds: the sparse step's speed-up over it and the held-out EV, L0 and dead fraction of
-both (same seeds, same rows).
+a temporary folder. --bf16 compares bfloat16 like for like: our encoder product in bfloat16
+(SAEConfig.matmul_dtype) against SAELens's bfloat16 autocast. --with-dense also times our dense
+step (SAEConfig.sparse_capacity 0) in the same rounds: the sparse step's speed-up over it and
+the held-out EV, L0 and dead fraction of both (same seeds, same rows).
 
 Pairs: our `anthropic_2024` against SAELens `--arch standard` (ReLU, decoder-norm-weighted L1,
 same coefficient), our `topk` against SAELens `--arch topk` (k = 32), our `jumprelu` against
@@ -104,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--l1", type=float, default=3.0, help="L1 coefficient (both sides)")
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--l0", type=float, default=0.3, help="jumprelu L0 coefficient (both sides)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 matmuls on both sides: our SAEConfig.matmul_dtype bfloat16 "
+                         "(the encoder product), SAELens's bfloat16 autocast")
     ap.add_argument("--with-dense", action="store_true",
                     help="also time our dense step (sparse_capacity 0) in the same rounds: the "
                          "sparse step's speed-up and held-out figures against it")
@@ -129,7 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def sae_config(variant: str, a, d: int, sparse_capacity: int) -> sae_model.SAEConfig:
     return sae_model.SAEConfig(variant=variant, d=d, d_sae=a.d_sae, k=a.k,
                                k_aux=min(256, a.d_sae), dead_steps=OUR_DEAD_STEPS,
-                               sparse_capacity=sparse_capacity)
+                               sparse_capacity=sparse_capacity,
+                               matmul_dtype="bfloat16" if a.bf16 else "float32")
 
 
 def hparams(cfg: sae_model.SAEConfig, a) -> dict:
@@ -254,7 +259,7 @@ def peer_args(a, arch: str, acts: str, steps: int, threads: int) -> list[str]:
             "--steps", str(steps), "--lr", str(a.lr), "--threads", str(threads),
             "--holdout", str(a.holdout), "--warmup", str(a.warmup), "--seed", str(a.seed)]
     return args + {"standard": ["--l1", str(a.l1)], "topk": ["--k", str(a.k)],
-                   "jumprelu": ["--l0", str(a.l0)]}[arch]
+                   "jumprelu": ["--l0", str(a.l0)]}[arch] + (["--autocast"] if a.bf16 else [])
 
 
 def run_peer(a, arch: str, acts: str, cpus, steps: int | None = None) -> dict:
@@ -436,7 +441,7 @@ def pair_summary(a, d: int, p: str, rounds: list[dict], peer_short: dict | None)
 def config_record(a, d: int, acts_info: dict, cpus) -> dict:
     return {"d": d, "d_sae": a.d_sae, "batch": a.batch, "steps": a.steps, "warmup": a.warmup,
             "lr": a.lr, "l1_coef": a.l1, "l0_coef": a.l0, "k": a.k, "holdout_rows": a.holdout,
-            "sparse_capacity": a.sparse_capacity, "with_dense": a.with_dense,
+            "sparse_capacity": a.sparse_capacity, "with_dense": a.with_dense, "bf16": a.bf16,
             "rounds": a.rounds, "cpus": cpus, "acts": acts_info, "smoke": a.smoke,
             "input_scaling": "none (raw rows, as SAELens normalize_activations='none')",
             "ours_dead_steps": OUR_DEAD_STEPS, "malloc_env": common.malloc_env(a),

@@ -87,7 +87,8 @@ def test_variable_sparse_loss_equals_dense_when_the_batch_fits(variant):
     params, x, hp = _params(cfg, shift=2.2), _x(), _hp(cfg)
     busiest = _busiest_row(cfg, params, x)
     assert 2 <= busiest <= 16, busiest  # a real sparse case, well inside the ladder
-    rung = int(sparse.rung(cfg, params, model.variant_preacts(cfg, params, x)))
+    pre_BF = model.variant_preacts(cfg, params, x)
+    rung = int(sparse.rung(cfg, sparse.active_counts(cfg, params, pre_BF)))
     assert sparse.capacities(cfg)[rung] >= busiest and rung < len(sparse.capacities(cfg)) - 1
     pre_BF = jax.lax.stop_gradient(model.variant_preacts(cfg, params, x))
     num_c = sparse.capacities(cfg)[rung]
@@ -121,7 +122,8 @@ def test_overflowing_batch_takes_the_dense_step(variant):
     params, x, hp = _params(cfg, shift=0.0), _x(), _hp(cfg)
     assert _busiest_row(cfg, params, x) > 8
     pre_BF = model.variant_preacts(cfg, params, x)
-    assert int(sparse.rung(cfg, params, pre_BF)) == len(sparse.capacities(cfg)) == 1
+    assert int(sparse.rung(cfg, sparse.active_counts(cfg, params, pre_BF))) == len(
+        sparse.capacities(cfg)) == 1
     _assert_same(step.loss_and_grads(params, x, hp, _dead(), cfg), _dense(cfg, params, x, hp))
 
 
@@ -237,3 +239,29 @@ def test_capacity_ladder_and_config():
     assert not sparse.uses_sparse_step(_cfg("topk", sparse_capacity=0))
     with pytest.raises(ValueError, match="sparse_capacity=-2 is invalid"):
         _cfg("topk", sparse_capacity=-2)
+
+
+@pytest.mark.parametrize("variant", ["anthropic_2024", "topk"])
+def test_bfloat16_encoder_product_is_close_to_float32(variant):
+    """matmul_dtype="bfloat16" rounds only the encoder product's operands (float32
+    accumulation): the loss stays within bfloat16's ~3 significant digits and the gradients
+    point the same way (TopK may select a different latent where two are within rounding),
+    all float32."""
+    x = _x()
+    got = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = _cfg(variant, matmul_dtype=dtype)
+        params, hp = _params(cfg), _hp(cfg)
+        pre_BF = model.variant_preacts(cfg, params, x)
+        assert pre_BF.dtype == jnp.float32
+        got[dtype] = step.loss_and_grads(params, x, hp, jnp.zeros(F, bool), cfg)
+    (loss32, _), g32 = got["float32"]
+    (loss16, _), g16 = got["bfloat16"]
+    assert float(loss16) != float(loss32)  # the option is in effect
+    np.testing.assert_allclose(float(loss16), float(loss32), rtol=2e-2)
+    for name in g32:
+        assert g16[name].dtype == jnp.float32
+        a, b = np.ravel(g16[name]), np.ravel(g32[name])
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.98, name
+    with pytest.raises(ValueError, match="matmul_dtype='float16' is invalid"):
+        _cfg(variant, matmul_dtype="float16")

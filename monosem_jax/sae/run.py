@@ -43,6 +43,7 @@ class TrainConfig:
     dead_steps: int
     jumprelu_bandwidth: float
     sparse_capacity: int
+    matmul_dtype: str
     prefixes: tuple[int, ...]
     resample_steps: tuple[int, ...]
     eval_rows: int
@@ -53,7 +54,9 @@ class TrainConfig:
     recorded: dict  # the config as JSON (without the sweep), recorded in each run's config.json
 
     def __post_init__(self):
-        stage_config.non_negative(self, ("sparse_capacity",), note="0 = the dense step")
+        stage_config.check(self.sparse_capacity >= -1, "sparse_capacity", self.sparse_capacity,
+                           ">= 0 (0 = the dense step), or -1 (automatic)")
+        stage_config.one_of("matmul_dtype", self.matmul_dtype, sae_model.MATMUL_DTYPES)
         stage_config.positive(self, ("steps", "batch_size", "d_sae", "log_every",
                                      "checkpoint_every", "shuffle_blocks"))
         stage_config.one_of("variant", self.variant, sae_model.VARIANTS)
@@ -116,6 +119,7 @@ def run_spec(cfg: TrainConfig, workdir: str, d: int, name: str | None = None,
         dead_steps=cfg.dead_steps,
         jumprelu_bandwidth=cfg.jumprelu_bandwidth,
         sparse_capacity=cfg.sparse_capacity,
+        matmul_dtype=cfg.matmul_dtype,
         prefixes=cfg.prefixes,
     )
     spec = RunSpec(

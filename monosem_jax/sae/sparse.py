@@ -33,7 +33,8 @@ from monosem_jax.sae import encoder_grad, losses, model
 from monosem_jax.sae.model import HParams, Params, SAEConfig
 
 # The variants whose number of active latents per row varies (capacity + dense fallback).
-VARIABLE_ACTIVE = frozenset({"anthropic_2024", "towards_2023", "jl", "matryoshka", "jumprelu"})
+RELU_VARIANTS = frozenset({"anthropic_2024", "towards_2023", "jl", "matryoshka"})
+VARIABLE_ACTIVE = RELU_VARIANTS | {"jumprelu"}
 
 
 # cfg.sparse_capacity = -1 (automatic): d_sae / AUTO_CAPACITY_DIVISOR. The sparse ReLU step's work
@@ -79,16 +80,19 @@ def _active_margin(cfg: SAEConfig, params: Params, pre_BF: jax.Array) -> jax.Arr
     return pre_BF - (theta_F - cfg.jumprelu_bandwidth)[None]
 
 
-def rung(cfg: SAEConfig, params: Params, pre_BF: jax.Array) -> jax.Array:
-    """Index into `capacities(cfg)` of the smallest capacity the busiest row of the batch fits
-    (its entries that can carry gradient); len(capacities(cfg)): none, the dense step."""
+def active_counts(cfg: SAEConfig, params: Params, pre_BF: jax.Array) -> jax.Array:
+    """Per row [B] (float32), the entries that can carry gradient (`_active_margin` > 0)."""
     # sign(max(m, 0)) is 1 where m > 0, else 0: the same count as sum(m > 0), and about twice as
-    # fast on CPU (a float reduction vectorises; compare-and-convert does not). A NaN counts as
-    # not fitting (the dense step then runs, and the loop's NaN check reports it).
-    active_B = jnp.sum(jnp.sign(jnp.maximum(_active_margin(cfg, params, pre_BF), 0.0)), axis=1)
-    busiest = jnp.max(active_B)
-    # NaN compares false everywhere, so it lands past the ladder: the dense step.
-    fits_R = jnp.asarray(capacities(cfg), jnp.float32) >= busiest
+    # fast on CPU (a float reduction vectorises; compare-and-convert does not). A NaN row
+    # counts NaN, which fits no rung (the dense step then runs, and the loop's NaN check
+    # reports it).
+    return jnp.sum(jnp.sign(jnp.maximum(_active_margin(cfg, params, pre_BF), 0.0)), axis=1)
+
+
+def rung(cfg: SAEConfig, active_B: jax.Array) -> jax.Array:
+    """Index into `capacities(cfg)` of the smallest capacity the busiest row fits (counts from
+    `active_counts`); len(capacities(cfg)): none, the dense step."""
+    fits_R = jnp.asarray(capacities(cfg), jnp.float32) >= jnp.max(active_B)
     return jnp.where(jnp.any(fits_R), jnp.argmax(fits_R), len(fits_R)).astype(jnp.int32)
 
 

@@ -153,45 +153,57 @@ def loss_and_grads(params: Params, x_BD: jax.Array, hp_t: HParams, dead_F: jax.A
                    cfg: SAEConfig, member_axis: str | None = None):
     """((loss, aux), grads) of the cfg.variant loss: sparse where cfg allows (sae/sparse.py).
 
-    The pre-activations are computed once, without gradient, and every loss reads them; for the
+    The pre-activations are computed once, without gradient (in cfg.matmul_dtype), and every loss
+    reads them (the dense losses through encoder_grad.attach_dense); for the
     variants with a variable number of active latents a batch takes the sparse loss at the
     smallest capacity its busiest row fits, else the dense one (a lax.switch: only the branch
     taken runs). Inside a vmap over sweep members named `member_axis`, all members take the same
     branch (a batched index would make the switch run them all).
     """
-    def value_and_grad(loss_fn, **kwargs):
-        fn = functools.partial(with_code_stats(loss_fn, x_BD.shape[0], cfg.d_sae), cfg=cfg,
-                               **kwargs)
+    def value_and_grad(loss_fn, stats=None, **kwargs):
+        fn = functools.partial(with_code_stats(loss_fn, x_BD.shape[0], cfg.d_sae, stats),
+                               cfg=cfg, **kwargs)
         return lambda: jax.value_and_grad(fn, has_aux=True)(params, x_BD, hp_t, dead_F)
 
-    if not sparse.uses_sparse_step(cfg):
-        return value_and_grad(LOSSES[cfg.variant])()
     pre_BF = jax.lax.stop_gradient(model.variant_preacts(cfg, params, x_BD))
-
+    variable = cfg.variant in sparse.VARIABLE_ACTIVE
+    active_B = sparse.active_counts(cfg, params, pre_BF) if variable else None
+    # The ReLU variants' dense activations are ReLU(pre): their L0, L1 and fired latents come
+    # from one pass over pre (which the capacity ladder makes anyway), not from the loss's f.
+    # (Called inside the dense branch, so a sparse branch pays for none of it.)
+    relu_stats = (functools.partial(model.relu_code_stats, pre_BF, active_B)
+                  if cfg.variant in sparse.RELU_VARIANTS else None)
+    dense_vg = value_and_grad(LOSSES[cfg.variant], stats=relu_stats, pre_BF=pre_BF)
+    if not sparse.uses_sparse_step(cfg):
+        return dense_vg()
     sparse_loss = sparse.SPARSE_LOSSES[cfg.variant]
-    if cfg.variant not in sparse.VARIABLE_ACTIVE:
+    if not variable:
         return value_and_grad(sparse_loss, pre_BF=pre_BF)()
-    rung = sparse.rung(cfg, params, pre_BF)
+    rung = sparse.rung(cfg, active_B)
     if member_axis is not None:
         rung = jax.lax.pmax(rung, member_axis)
     branches = [value_and_grad(sparse_loss, pre_BF=pre_BF, num_c=c)
                 for c in sparse.capacities(cfg)]
-    return jax.lax.switch(rung, branches + [value_and_grad(LOSSES[cfg.variant], pre_BF=pre_BF)])
+    return jax.lax.switch(rung, branches + [dense_vg])
 
 
-def with_code_stats(loss_fn, num_b: int, num_f: int):
+def with_code_stats(loss_fn, num_b: int, num_f: int, stats=None):
     """loss_fn whose aux carries the statistics of its activations ("code_stats": L0, L1 and
     the fired latents [F]) instead of the activations themselves: dense f_BF from the dense
     losses, a sparse "code" (values, latents) from sae/sparse.py's, so the step never builds a
-    [B, F] array it does not need, and both branches of the sparse step's cond agree."""
+    [B, F] array it does not need, and both branches of the sparse step's switch agree. `stats`,
+    when given, computes the dense f's statistics another way (f is then not read)."""
     def wrapped(*args, **kwargs):
         loss, aux = loss_fn(*args, **kwargs)
         aux = dict(aux)
-        if "f_BF" in aux:
-            stats = model.dense_code_stats(aux.pop("f_BF"))
+        if stats is not None:
+            aux.pop("f_BF")
+            stats_now = stats()
+        elif "f_BF" in aux:
+            stats_now = model.dense_code_stats(aux.pop("f_BF"))
         else:
-            stats = model.sparse_code_stats(*aux.pop("code"), num_b, num_f)
-        return loss, {**aux, "code_stats": jax.lax.stop_gradient(stats)}
+            stats_now = model.sparse_code_stats(*aux.pop("code"), num_b, num_f)
+        return loss, {**aux, "code_stats": jax.lax.stop_gradient(stats_now)}
     return wrapped
 
 

@@ -58,10 +58,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     )
     config.resample_steps = ()  # towards_2023: the steps at which dead latents resample
     # The sparse step (same result, fewer FLOPs: monosem_jax/sae/sparse.py): the decoder and the
-    # encoder's weight gradient over the active latents only. TopK variants always use it when
-    # > 0; the ReLU variants and jumprelu for each batch whose rows all have at most this many
-    # active latents (others take the dense step). 0 = always dense.
-    config.sparse_capacity = 64
+    # encoder's weight gradient over the active latents only. TopK variants always use it unless
+    # 0; the ReLU variants and jumprelu for each batch whose rows all have at most this many
+    # active latents (others take the dense step). 0 = always dense; -1 = d_sae / 128 (where
+    # the two cost the same on CPU; below d_sae 1024 the ReLU variants stay dense).
+    config.sparse_capacity = -1
+    # The encoder product's operands: "float32" or "bfloat16" (float32 accumulation, params and
+    # gradients; ~1.6x that product on CPUs with AVX-512 BF16; a sweep can set it per run).
+    config.matmul_dtype = "float32"
 
     config.eval_rows = 65536  # held-out rows (the store's last rows), never trained on
     config.shuffle_blocks = 8  # shuffle buffer, in shards
