@@ -28,7 +28,10 @@ from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
 
 STRATEGIES = ("vmap", "map", "loop")
-BEST_STRATEGY = {"cpu": "vmap", "gpu": "vmap", "tpu": "vmap"}  # experiments/README.md
+# experiments/README.md, bench_sweep.py: on CPU lax.map (0.72 of the members' single runs; vmap
+# 1.41, slower than the singles since the sparse steps made those faster: XLA:CPU's batched
+# [N, B, d] x [N, d, F] products run below its plain GEMMs). GPUs and TPUs batch well.
+BEST_STRATEGY = {"cpu": "map", "gpu": "vmap", "tpu": "vmap"}
 
 
 def resolve_strategy(strategy: str) -> str:
