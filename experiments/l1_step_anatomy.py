@@ -2,7 +2,7 @@
 
 Question: the anthropic_2024 (L1) step needs five [B,d]x[d,F]-sized GEMMs (10·B·d·F FLOPs);
 how close is the whole step to those GEMMs alone, and what do the parts around them cost: the
-batch metrics (model.batch_metrics: the [B,F] L0/L1 reductions, EV, nmse), the gradient-norm
+batch metrics (sae_metrics.batch_metrics: the [B,F] L0/L1 reductions, EV, nmse), the gradient-norm
 clip (make_optimizer's clip_by_global_norm and the grad_norm metric, one reduction over every
 gradient) and the fired-latent tracking (any(f > 0) over [B,F], steps since fired)? Default
 shape: B = F = 4096, d = 256 (the SAELens comparison's).
@@ -12,7 +12,7 @@ shape: B = F = 4096, d = 256 (the SAELens comparison's).
   python experiments/l1_step_anatomy.py --smoke             # tiny sizes (a code check)
 
 Contenders: the library's step.train_step as it is; the same step rebuilt here from library
-pieces (step.scheduled, losses.loss_anthropic_2024, step.make_optimizer, model.batch_metrics)
+pieces (step.scheduled, losses.loss_anthropic_2024, step.make_optimizer, sae_metrics.batch_metrics)
 with every part, which must match it (`rebuilt_matches_library`); and the rebuilt step without
 each part, and without all three. Each is jitted with the state donated; rounds alternate the
 order and start from a fresh state; wall and CPU ms per step are medians over rounds. Before
@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from monosem_jax.sae import losses as sae_losses
+from monosem_jax.sae import metrics as sae_metrics
 from monosem_jax.sae import model
 from monosem_jax.sae import step as sae_step
 
@@ -80,7 +81,7 @@ def step_metrics(x_BD, loss, aux, grads, hp_t, since_F, cfg, without: frozenset)
     """step.train_step's metrics for anthropic_2024, less those of the removed parts."""
     metrics = {}
     if "batch_metrics" not in without:
-        metrics.update(model.batch_metrics(x_BD, aux["xhat_BD"], aux["f_BF"]))
+        metrics.update(sae_metrics.batch_metrics(x_BD, aux["xhat_BD"], aux["f_BF"]))
     metrics.update(mse=aux["mse"], l1=aux["l1"], loss=loss, lr=hp_t["lr"],
                    l1_coef=hp_t["l1_coef"])
     if "grad_clip" not in without:

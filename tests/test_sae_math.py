@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from monosem_jax.sae import losses, model, step
+from monosem_jax.sae import metrics as sae_metrics
 
 B, D, F = 16, 8, 32
 
@@ -549,7 +550,7 @@ def test_batch_metrics():
     rng = np.random.default_rng(0)
     x, xhat = rng.normal(size=(B, D)), rng.normal(size=(B, D))
     f = np.maximum(rng.normal(size=(B, F)), 0)
-    m = model.batch_metrics(*(jnp.asarray(a, jnp.float32) for a in (x, xhat, f)))
+    m = sae_metrics.batch_metrics(*(jnp.asarray(a, jnp.float32) for a in (x, xhat, f)))
     sse = np.sum((x - xhat) ** 2)
     np.testing.assert_allclose(float(m["mse"]), sse / B, rtol=1e-5)
     np.testing.assert_allclose(float(m["nmse"]), sse / np.sum(x**2), rtol=1e-5)

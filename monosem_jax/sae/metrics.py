@@ -1,4 +1,5 @@
-"""Held-out SAE quality: reconstruction, sparsity, dead and dense features over an eval window."""
+"""SAE quality: one train batch's statistics (the step's metrics, from dense or sparse codes) and
+held-out reconstruction, sparsity, dead and dense features over an eval window."""
 
 from __future__ import annotations
 
@@ -12,6 +13,54 @@ from monosem_jax import batching
 from monosem_jax.sae import model as sae_model
 
 DENSE_THRESHOLD = 0.1  # a feature active on more than 10% of tokens counts as dense
+
+
+# ----------------------------------------------------------------------------- one train batch
+
+
+def reconstruction_metrics(x_BD: jax.Array, xhat_BD: jax.Array) -> dict[str, jax.Array]:
+    """mse, nmse and explained variance of one batch (float32 scalars)."""
+    x_BD = x_BD.astype(jnp.float32)
+    sse_B = jnp.sum(jnp.square(x_BD - xhat_BD), axis=1)
+    sse = jnp.sum(sse_B)
+    centred_BD = x_BD - jnp.mean(x_BD, axis=0)[None]
+    return {
+        "mse": jnp.mean(sse_B),
+        "nmse": sse / jnp.sum(jnp.square(x_BD)),
+        "explained_variance": 1.0 - sse / jnp.sum(jnp.square(centred_BD)),
+    }
+
+
+def dense_code_stats(f_BF: jax.Array) -> dict[str, jax.Array]:
+    """L0 and L1 per row (batch means) and which latents fired [F] of dense activations."""
+    return {"l0": jnp.mean(jnp.sum(f_BF != 0, axis=1, dtype=jnp.float32)),
+            "l1": jnp.mean(jnp.sum(jnp.abs(f_BF), axis=1)),
+            "fired_F": jnp.any(f_BF > 0, axis=0)}
+
+
+def relu_code_stats(pre_BF: jax.Array, active_B: jax.Array) -> dict[str, jax.Array]:
+    """`dense_code_stats` of f = ReLU(pre_BF), given its per-row count of positive entries."""
+    return {"l0": jnp.mean(active_B),
+            "l1": jnp.mean(jnp.sum(jnp.maximum(pre_BF, 0.0), axis=1)),
+            "fired_F": jnp.max(pre_BF, axis=0) > 0}
+
+
+def sparse_code_stats(vals_N: jax.Array, cols_N: jax.Array, num_b: int,
+                      num_f: int) -> dict[str, jax.Array]:
+    """`dense_code_stats` of a sparse code: N entries (value, latent) of a batch of num_b rows,
+    each (row, latent) at most once; zero values count as absent."""
+    return {"l0": jnp.sum(vals_N != 0, dtype=jnp.float32) / num_b,
+            "l1": jnp.sum(jnp.abs(vals_N)) / num_b,
+            "fired_F": jnp.zeros((num_f,), bool).at[cols_N].max(vals_N > 0)}
+
+
+def batch_metrics(x_BD: jax.Array, xhat_BD: jax.Array, f_BF: jax.Array) -> dict[str, jax.Array]:
+    """mse, nmse, explained variance, L0 and L1 of one batch (float32 scalars)."""
+    stats = dense_code_stats(f_BF)
+    return {**reconstruction_metrics(x_BD, xhat_BD), "l0": stats["l0"], "l1": stats["l1"]}
+
+
+# ----------------------------------------------------------------------------- held-out window
 
 
 @functools.partial(jax.jit, static_argnames="cfg")

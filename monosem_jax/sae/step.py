@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from monosem_jax.sae import metrics as sae_metrics
 from monosem_jax.sae import model, sparse
 from monosem_jax.sae.losses import LOSSES, VARIANT_HPARAMS
 from monosem_jax.sae.model import HParams, Params, SAEConfig
@@ -171,7 +172,7 @@ def loss_and_grads(params: Params, x_BD: jax.Array, hp_t: HParams, dead_F: jax.A
     # The ReLU variants' dense activations are ReLU(pre): their L0, L1 and fired latents come
     # from one pass over pre (which the capacity ladder makes anyway), not from the loss's f.
     # (Called inside the dense branch, so a sparse branch pays for none of it.)
-    relu_stats = (functools.partial(model.relu_code_stats, pre_BF, active_B)
+    relu_stats = (functools.partial(sae_metrics.relu_code_stats, pre_BF, active_B)
                   if cfg.variant in sparse.RELU_VARIANTS else None)
     dense_vg = value_and_grad(LOSSES[cfg.variant], stats=relu_stats, pre_BF=pre_BF)
     if not sparse.uses_sparse_step(cfg):
@@ -200,9 +201,9 @@ def with_code_stats(loss_fn, num_b: int, num_f: int, stats=None):
             aux.pop("f_BF")
             stats_now = stats()
         elif "f_BF" in aux:
-            stats_now = model.dense_code_stats(aux.pop("f_BF"))
+            stats_now = sae_metrics.dense_code_stats(aux.pop("f_BF"))
         else:
-            stats_now = model.sparse_code_stats(*aux.pop("code"), num_b, num_f)
+            stats_now = sae_metrics.sparse_code_stats(*aux.pop("code"), num_b, num_f)
         return loss, {**aux, "code_stats": jax.lax.stop_gradient(stats_now)}
     return wrapped
 
@@ -242,7 +243,7 @@ def train_step(state: State, x_BD: jax.Array, hp: HParams, *, cfg: SAEConfig, lo
     new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
                  "steps_since_fired_F": since_F}
 
-    metrics = {**model.reconstruction_metrics(x_BD, aux["xhat_BD"]), **stats}
+    metrics = {**sae_metrics.reconstruction_metrics(x_BD, aux["xhat_BD"]), **stats}
     # The variant's penalty terms; "l1" is then the penalty (the L1 of f·‖W_dec‖) where it has one.
     metrics.update({k: v for k, v in aux.items() if k != "xhat_BD"})
     metrics.update(loss=loss, lr=hp_t["lr"], l1_coef=hp_t["l1_coef"], grad_norm=grad_norm,
