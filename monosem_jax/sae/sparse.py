@@ -93,8 +93,8 @@ def active_counts(cfg: SAEConfig, params: Params, pre_BF: jax.Array) -> jax.Arra
 def rung(cfg: SAEConfig, active_B: jax.Array) -> jax.Array:
     """Index into `capacities(cfg)` of the smallest capacity the busiest row fits (counts from
     `active_counts`); len(capacities(cfg)): none, the dense step."""
-    fits_R = jnp.asarray(capacities(cfg), jnp.float32) >= jnp.max(active_B)
-    return jnp.where(jnp.any(fits_R), jnp.argmax(fits_R), len(fits_R)).astype(jnp.int32)
+    fits_A = jnp.asarray(capacities(cfg), jnp.float32) >= jnp.max(active_B)
+    return jnp.where(jnp.any(fits_A), jnp.argmax(fits_A), len(fits_A)).astype(jnp.int32)
 
 
 def _active_rows(cfg: SAEConfig, params: Params, pre_BF: jax.Array, num_c: int) -> jax.Array:
