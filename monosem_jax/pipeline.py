@@ -117,13 +117,17 @@ def _sections_json(config: ml_collections.ConfigDict, sections) -> dict:
     return {name: plain(config[name]) for name in sections}
 
 
+def _record_path(workdir: str, stage: Stage) -> str:
+    return os.path.join(workdir, "pipeline", f"{stage.name}.json")
+
+
 def check_stage_config(config, workdir: str, stage: Stage) -> bool:
     """Records the stage's config on first run; refuses a rerun with different values.
 
     Returns whether this call made the first record (so a stage that then fails can take it
     back, see run_pipeline).
     """
-    path = os.path.join(workdir, "pipeline", f"{stage.name}.json")
+    path = _record_path(workdir, stage)
     wanted = _sections_json(config, stage.sections)
     first = not os.path.exists(path)
     if not first:
@@ -154,7 +158,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
             # config". A killed stage keeps its record, and so do the stage's own outputs,
             # which check their configs themselves (store spec, SAE run config.json).
             if first:
-                os.remove(os.path.join(workdir, "pipeline", f"{stage.name}.json"))
+                os.remove(_record_path(workdir, stage))
             raise
         logging.info("stage %s done in %.1fs", stage.name, time.time() - t_stage)
     summary = {**summaries, "wall_s": time.time() - t_start}

@@ -26,7 +26,8 @@ Aux = dict[str, jax.Array]
 JL_COS_EPS = 1e-6
 
 
-def _mse(x_BD: jax.Array, xhat_BD: jax.Array) -> jax.Array:
+def reconstruction_mse(x_BD: jax.Array, xhat_BD: jax.Array) -> jax.Array:
+    """mean over rows of ‖x − x̂‖² (summed over d): every loss's reconstruction term."""
     return jnp.mean(jnp.sum(jnp.square(x_BD - xhat_BD), axis=1))
 
 
@@ -54,7 +55,7 @@ def loss_anthropic_2024(
     x_BD = x_BD.astype(jnp.float32)
     f_BF = jax.nn.relu(variant_preacts(cfg, params, x_BD, pre_BF))
     xhat_BD = model.decode(params, f_BF)
-    mse = _mse(x_BD, xhat_BD)
+    mse = reconstruction_mse(x_BD, xhat_BD)
     l1 = decoder_weighted_l1(f_BF, model.decoder_norms(params))
     return mse + hp["l1_coef"] * l1, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "l1": l1}
 
@@ -153,7 +154,7 @@ def mse_and_auxk(params: Params, x_BD, z_fn, xhat_BD, acts: Aux, dead_F, hp: HPa
     """The TopK family's loss from its reconstruction: mse + aux_coef · AuxK. `acts`: the
     activations for metrics and dead-latent tracking ({"f_BF": dense} or a sparse {"code"}),
     passed on without gradient; z_fn as auxk_term's."""
-    mse = _mse(x_BD, xhat_BD)
+    mse = reconstruction_mse(x_BD, xhat_BD)
     auxk = auxk_term(params, z_fn, x_BD, xhat_BD, dead_F, cfg.k_aux)
     aux = {**jax.lax.stop_gradient(acts), "xhat_BD": xhat_BD, "mse": mse, "auxk": auxk}
     return mse + hp["aux_coef"] * auxk, aux
@@ -194,7 +195,7 @@ def loss_towards_2023(
     x_BD = x_BD.astype(jnp.float32)
     f_BF = jax.nn.relu(variant_preacts(cfg, params, x_BD, pre_BF))
     xhat_BD = model.decode(params, f_BF)
-    mse = _mse(x_BD, xhat_BD)
+    mse = reconstruction_mse(x_BD, xhat_BD)
     l1 = jnp.sum(f_BF) / f_BF.shape[0]  # f >= 0 after ReLU, so |f| = f
     return mse + hp["l1_coef"] * l1, {"f_BF": f_BF, "xhat_BD": xhat_BD, "mse": mse, "l1": l1}
 
@@ -297,7 +298,7 @@ def loss_jumprelu(
     theta_F = jnp.exp(params["log_threshold_F"])
     f_BF = jumprelu(z_BF, theta_F, cfg.jumprelu_bandwidth)
     xhat_BD = model.decode(params, f_BF)
-    mse = _mse(x_BD, xhat_BD)
+    mse = reconstruction_mse(x_BD, xhat_BD)
     # L0 from H(z − θ) on the pre-activations, as SAELens (Step on hidden_pre): the kernel then
     # sees z on both sides of θ. (The JumpReLU paper's pseudo-code applies it to f instead.)
     l0 = jnp.sum(heaviside(z_BF, theta_F, cfg.jumprelu_bandwidth)) / x_BD.shape[0]
@@ -322,7 +323,7 @@ def loss_matryoshka(
     mses, start = [], 0
     for end in cfg.prefixes:
         xhat_BD = xhat_BD + f_BF[:, start:end] @ params["w_dec_FD"][start:end]
-        mses.append(_mse(x_BD, xhat_BD))
+        mses.append(reconstruction_mse(x_BD, xhat_BD))
         start = end
     l1 = decoder_weighted_l1(f_BF, model.decoder_norms(params))
     loss = sum(mses) / len(mses) + hp["l1_coef"] * l1
@@ -360,7 +361,7 @@ def matryoshka_batch_loss(params: Params, x_BD, z_fn, vals_S, flat_S, acts: Aux,
         chunk_S = (cols_S >= start) & (cols_S < end)
         xhat_BD = xhat_BD + jax.ops.segment_sum(jnp.where(chunk_S[:, None], terms_SD, 0.0),
                                                 rows_S, num_segments=num_b)
-        mses.append(_mse(x_BD, xhat_BD))
+        mses.append(reconstruction_mse(x_BD, xhat_BD))
         start = end
     auxk = auxk_term(params, z_fn, x_BD, xhat_BD, dead_F, cfg.k_aux)
     loss = sum(mses) / len(mses) + hp["aux_coef"] * auxk

@@ -112,8 +112,16 @@ def _code(vals, latents) -> tuple[jax.Array, jax.Array]:
     return jax.lax.stop_gradient(vals).reshape(-1), latents.reshape(-1)
 
 
-def _mse(x_BD, xhat_BD):
-    return jnp.mean(jnp.sum(jnp.square(x_BD - xhat_BD), axis=1))
+def _relu_rows(cfg: SAEConfig, params: Params, x_BD, pre_BF, num_c: int):
+    """(latents [B, C], ReLU'd differentiable activations [B, C]) of the C largest entries per
+    row: 0 past a row's active latents."""
+    idx_BK = _active_rows(cfg, params, pre_BF, num_c)
+    return idx_BK, jax.nn.relu(_read_rows(cfg, params, x_BD, pre_BF, idx_BK))
+
+
+def _decoder_weighted_l1(params: Params, f_BK, idx_BK) -> jax.Array:
+    """losses.decoder_weighted_l1 of a per-row sparse code."""
+    return jnp.sum(f_BK * model.decoder_norms(params)[idx_BK]) / f_BK.shape[0]
 
 
 def loss_relu(params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, cfg: SAEConfig,
@@ -121,14 +129,13 @@ def loss_relu(params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Array, c
     """anthropic_2024, towards_2023 and jl (losses.loss_<variant>) on the C largest entries."""
     del dead_F
     x_BD = x_BD.astype(jnp.float32)
-    idx_BK = _active_rows(cfg, params, pre_BF, num_c)
-    f_BK = jax.nn.relu(_read_rows(cfg, params, x_BD, pre_BF, idx_BK))  # 0 past a row's actives
+    idx_BK, f_BK = _relu_rows(cfg, params, x_BD, pre_BF, num_c)
     xhat_BD = model.decode_sparse(params, f_BK, idx_BK)
-    mse = _mse(x_BD, xhat_BD)
+    mse = losses.reconstruction_mse(x_BD, xhat_BD)
     if cfg.variant == "towards_2023":  # unit-norm decoder rows: the plain L1
         l1 = jnp.sum(f_BK) / x_BD.shape[0]
     else:  # Anthropic 2024: each activation weighted by its decoder row's norm
-        l1 = jnp.sum(f_BK * model.decoder_norms(params)[idx_BK]) / x_BD.shape[0]
+        l1 = _decoder_weighted_l1(params, f_BK, idx_BK)
     loss = mse + hp["l1_coef"] * l1
     aux = {"code": _code(f_BK, idx_BK), "xhat_BD": xhat_BD, "mse": mse, "l1": l1}
     if cfg.variant == "jl":
@@ -142,17 +149,16 @@ def loss_matryoshka(params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Ar
     """losses.loss_matryoshka on the C largest entries: each prefix decodes its own latents."""
     del dead_F
     x_BD = x_BD.astype(jnp.float32)
-    idx_BK = _active_rows(cfg, params, pre_BF, num_c)
-    f_BK = jax.nn.relu(_read_rows(cfg, params, x_BD, pre_BF, idx_BK))
+    idx_BK, f_BK = _relu_rows(cfg, params, x_BD, pre_BF, num_c)
     w_BKD = params["w_dec_FD"][idx_BK]  # gathered once, read by every prefix
     xhat_BD = jnp.broadcast_to(params["b_dec_D"][None], x_BD.shape)
     mses, start = [], 0
     for end in cfg.prefixes:
         chunk_BK = (idx_BK >= start) & (idx_BK < end)
         xhat_BD = xhat_BD + jnp.einsum("bk,bkd->bd", jnp.where(chunk_BK, f_BK, 0.0), w_BKD)
-        mses.append(_mse(x_BD, xhat_BD))
+        mses.append(losses.reconstruction_mse(x_BD, xhat_BD))
         start = end
-    l1 = jnp.sum(f_BK * model.decoder_norms(params)[idx_BK]) / x_BD.shape[0]
+    l1 = _decoder_weighted_l1(params, f_BK, idx_BK)
     loss = sum(mses) / len(mses) + hp["l1_coef"] * l1
     aux = {"code": _code(f_BK, idx_BK), "xhat_BD": xhat_BD, "mse": mses[-1], "l1": l1}
     aux.update({f"mse_prefix{i}": m for i, m in enumerate(mses[:-1])})
@@ -170,7 +176,7 @@ def loss_jumprelu(params: Params, x_BD: jax.Array, hp: HParams, dead_F: jax.Arra
     theta_BK = theta_F[idx_BK]  # its gradient scatter-adds back into θ's [F]
     f_BK = losses.jumprelu(z_BK, theta_BK, cfg.jumprelu_bandwidth)
     xhat_BD = model.decode_sparse(params, f_BK, idx_BK)
-    mse = _mse(x_BD, xhat_BD)
+    mse = losses.reconstruction_mse(x_BD, xhat_BD)
     # Entries outside the selection lie below θ − ε: H = 0 and a zero kernel there.
     l0 = jnp.sum(losses.heaviside(z_BK, theta_BK, cfg.jumprelu_bandwidth)) / x_BD.shape[0]
     aux = {"code": _code(f_BK, idx_BK), "xhat_BD": xhat_BD, "mse": mse, "l0": l0}

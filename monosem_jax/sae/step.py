@@ -204,6 +204,8 @@ def with_code_stats(loss_fn, num_b: int, num_f: int, stats=None):
             stats_now = sae_metrics.dense_code_stats(aux.pop("f_BF"))
         else:
             stats_now = sae_metrics.sparse_code_stats(*aux.pop("code"), num_b, num_f)
+        if "l1" in aux:  # the loss reports its own "l1" (its penalty), which the metrics keep:
+            stats_now = {k: v for k, v in stats_now.items() if k != "l1"}  # skip f's L1 pass
         return loss, {**aux, "code_stats": jax.lax.stop_gradient(stats_now)}
     return wrapped
 
