@@ -7,9 +7,11 @@ import importlib.resources
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from monosem_jax import distributed
 from monosem_jax.errors import StoreError
 
 # Errors a user can fix (bad config value, bad input file, NaN loss): one line, exit code 2.
@@ -52,6 +54,7 @@ def define_flags(default_config_path: str) -> None:
         "workdir", None, "Work directory holding every stage's outputs.", flag_values=flag_values
     )
     flags.mark_flags_as_required(["workdir"], flag_values=flag_values)
+    distributed.define_flags(flag_values)
 
 
 class _QuietLibraries:
@@ -69,14 +72,29 @@ def _main(fn, flag_values: flags.FlagValues, argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     workdir = os.path.abspath(os.path.expanduser(flag_values.workdir))
     try:
+        distributed.initialize(flag_values)
         fn(flag_values.config, workdir)
     except USER_ERRORS as e:
         if os.environ.get("MONOSEM_DEBUG"):
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {_first_line(e)}", file=sys.stderr, flush=True)
         return 2
+    except Exception as e:
+        if not distributed.is_multiprocess() or os.environ.get("MONOSEM_DEBUG"):
+            raise
+        # A peer died or hung (a failed collective, the runtime's heartbeat): say so in one line
+        # and leave at once; a normal exit would wait on the cluster's shutdown barrier, which
+        # the dead peer never reaches, and then abort with pages of runtime logs.
+        print(f"error: process {jax.process_index()} of {jax.process_count()}: the cluster "
+              f"failed ({_first_line(e)}); rerun the same command on every process to resume "
+              "from the last checkpoint", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)
     return 0
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def run(fn) -> None:
