@@ -18,7 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from monosem_jax.sae import encoder_grad, model
+from monosem_jax.sae import encoder_grad, model, shard_select
 from monosem_jax.sae.model import HParams, Params, SAEConfig
 
 Aux = dict[str, jax.Array]
@@ -65,7 +65,7 @@ def auxk_activation(z_BF: jax.Array, dead_F: jax.Array, k_aux: int) -> jax.Array
     # Live latents get −inf (SAELens topk_sae._calculate_topk_aux_acts); if fewer than k_aux are
     # dead, the extra picks are −inf and ReLU makes them 0.
     masked_BF = jnp.where(dead_F[None], z_BF, -jnp.inf)
-    vals_BK, idx_BK = jax.lax.top_k(masked_BF, k_aux)
+    vals_BK, idx_BK = shard_select.latent_top_k(masked_BF, k_aux)
     return model.scatter_topk(z_BF, jax.nn.relu(vals_BK), idx_BK)
 
 

@@ -24,6 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from monosem_jax.sae import shard_select
+
 Params = dict[str, jax.Array]
 HParams = dict[str, jax.Array]
 
@@ -217,7 +219,7 @@ def topk_select(
     # Exact lax.top_k on every backend: approximate, threshold, prefilter and bisection
     # selections measured no faster on CPU; the step's time is in its GEMMs, which is why
     # loss_topk decodes sparsely (experiments/README.md, topk_select_study.py).
-    vals_BK, idx_BK = jax.lax.top_k(z_BF, k_max)
+    vals_BK, idx_BK = shard_select.latent_top_k(z_BF, k_max)  # local to a sharded dictionary
     if k is not None:  # top_k sorts descending, so the first k of k_max are the k largest
         keep_K = jnp.arange(k_max) < k
         vals_BK = jnp.where(keep_K[None], vals_BK, 0.0)
@@ -252,7 +254,7 @@ def batchtopk_select(
     # about twice a topk step on CPU); prefilters and full sorts measured slower still
     # (experiments/README.md, "batchtopk selection").
     num_s = z_BF.shape[0] * k_max
-    vals_S, flat_S = jax.lax.top_k(z_BF.reshape(-1), num_s)
+    vals_S, flat_S = shard_select.batch_top_k(z_BF, num_s)
     if k is not None:
         vals_S = jnp.where(jnp.arange(num_s) < z_BF.shape[0] * k, vals_S, 0.0)
     return jax.nn.relu(vals_S), flat_S

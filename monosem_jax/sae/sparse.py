@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from monosem_jax.sae import encoder_grad, losses, model
+from monosem_jax.sae import encoder_grad, losses, model, shard_select
 from monosem_jax.sae.model import HParams, Params, SAEConfig
 
 # The variants whose number of active latents per row varies (capacity + dense fallback).
@@ -99,7 +99,7 @@ def rung(cfg: SAEConfig, active_B: jax.Array) -> jax.Array:
 
 def _active_rows(cfg: SAEConfig, params: Params, pre_BF: jax.Array, num_c: int) -> jax.Array:
     """The num_c entries per row [B, C] of largest margin: all active ones when the rung fits."""
-    return jax.lax.top_k(_active_margin(cfg, params, pre_BF), num_c)[1]
+    return shard_select.latent_top_k(_active_margin(cfg, params, pre_BF), num_c)[1]
 
 
 def _read_rows(cfg: SAEConfig, params: Params, x_BD, pre_BF, idx_BK) -> jax.Array:
