@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import queue
 import threading
 import weakref
@@ -25,6 +26,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from monosem_jax import parallel
 from monosem_jax.activations.store import Store
 
 _TAG_BLOCKS, _TAG_WINDOW = 0x626C6B, 0x77696E  # keep the block and window streams independent
@@ -241,10 +243,17 @@ class ActivationReader:
     ) -> BatchStream:
         """Batches `start_step`, `start_step + 1`, ... forever: float32 [B, d] numpy or jax arrays.
 
-        device_put=True moves each batch with `jax.device_put(batch, sharding)` in the background
-        thread, so the host-to-device copy overlaps training.
+        device_put=True moves each batch to the devices in the background thread, so the
+        host-to-device copy overlaps training: as a global array laid out by `sharding` (every
+        process reads the whole batch and copies its own devices' rows: parallel.place), or to
+        the default device.
         """
-        transfer = (lambda x: jax.device_put(x, sharding)) if device_put else (lambda x: x)
+        if not device_put:
+            transfer = lambda x: x  # noqa: E731
+        elif sharding is None:
+            transfer = jax.device_put
+        else:
+            transfer = functools.partial(parallel.place, sharding=sharding)
         window_rows = self.config.shuffle_blocks * self.block_rows
         q: queue.Queue = queue.Queue(maxsize=max(2, -(-window_rows // self.config.batch_size)))
         stop = threading.Event()

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from monosem_jax import checkpoint, metrics_io
+from monosem_jax import checkpoint, metrics_io, parallel
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
@@ -74,8 +74,8 @@ def stack(trees):
 
 @dataclasses.dataclass
 class Trained:
-    """What the loop leaves: final states and hyper-parameters (stacked unless single), the
-    held-out rows and the training statistics each member's summary records."""
+    """What the loop leaves: final states and hyper-parameters (stacked unless single) as host
+    arrays, the held-out rows and the training statistics each member's summary records."""
 
     states: dict
     hps: dict
@@ -93,73 +93,163 @@ class Trained:
                 "step_compilations": self.step_compilations}
 
 
-def train_members(cfg: sae_run.TrainConfig, st, specs: list[sae_run.RunSpec], *, out_dir: str,
-                  strategy: str, data_seed: int, resample_seed: int) -> Trained:
-    """Trains `specs` (one shape) from `out_dir`/checkpoints on, in one compiled program."""
+class StoreFeed:
+    """Training rows from a captured store: the reader's global batch of each step, placed over
+    the mesh's 'data' axis (each process copies its own devices' rows to them).
+
+    A feed gives the loop a carry (state kept on the device between steps: none here), per-step
+    inputs, and `draw(carry, inputs) -> (carry, x_BD)`, traced into the train step's program.
+    """
+
+    def __init__(self, cfg: sae_run.TrainConfig, st, data_seed: int, mesh):
+        self.reader = reader_lib.ActivationReader(st, cfg.reader_config(data_seed))
+        self.batch_sharding = parallel.data_sharding(mesh)
+        self.d, self.norm_scale = st.d, st.norm_scale
+
+    def eval_rows(self) -> np.ndarray:
+        return self.reader.eval_rows_array()
+
+    def initial_carry(self, start: int):
+        del start
+        return ()
+
+    def carry_shardings(self):
+        return ()
+
+    def inputs(self, start: int):
+        return self.reader.iterate(start, device_put=True, sharding=self.batch_sharding)
+
+    def inputs_sharding(self):
+        return self.batch_sharding
+
+    @staticmethod
+    def draw(carry, x_BD):
+        return carry, x_BD
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def open_feed(cfg: sae_run.TrainConfig, workdir: str, mesh):
+    """The feed `cfg.source` names, with the run's data seed (`data_seed`, or the seed)."""
+    data_seed = cfg.data_seed if cfg.data_seed >= 0 else cfg.seed
+    parallel.check_batch(mesh, cfg.batch_size)
+    return StoreFeed(cfg, cfg.training_store(workdir), data_seed, mesh)
+
+
+def train_members(cfg: sae_run.TrainConfig, feed, specs: list[sae_run.RunSpec], *, out_dir: str,
+                  strategy: str, resample_seed: int, mesh) -> Trained:
+    """Trains `specs` (one shape) from `out_dir`/checkpoints on, in one compiled program.
+
+    The dictionary is sharded over `mesh`'s 'model' axis and each batch over 'data'
+    (parallel.dictionary_shardings); every process runs this same loop (jax.distributed).
+    """
     single = strategy == "single"
     # One static shape for all: TopK selects up to the largest k; each member's traced k masks.
     sae_cfg = max((s.sae_cfg for s in specs), key=lambda c: c.k)
-    reader = reader_lib.ActivationReader(st, cfg.reader_config(data_seed))
-    eval_ND = reader.eval_rows_array()
+    eval_ND = feed.eval_rows()
+    replicated = parallel.replicated(mesh)
+    host_hps = stack([jax.device_get(s.device_hparams()) for s in specs])
+    host_states = stack([jax.device_get(sae_step.init_state(sae_cfg, jax.random.key(s.seed)))
+                         for s in specs])
     if single:
-        hps = specs[0].device_hparams()
-        states = sae_step.init_state(sae_cfg, jax.random.key(specs[0].seed))
-    else:
-        # On the device, like the step's outputs, so that every call hits one compiled program.
-        hps = jax.device_put(stack([jax.device_get(s.device_hparams()) for s in specs]))
-        states = jax.device_put(stack(
-            [jax.device_get(sae_step.init_state(sae_cfg, jax.random.key(s.seed))) for s in specs]
-        ))
+        host_hps, host_states = member(host_hps, 0), member(host_states, 0)
+    hps = jax.tree.map(lambda a: parallel.place(a, replicated), host_hps)
+    shardings = parallel.dictionary_shardings(mesh, host_states, stacked=not single)
+    states = jax.tree.map(parallel.place, host_states, shardings)
     ckpt = checkpoint.Checkpointer(os.path.join(out_dir, "checkpoints"),
                                    save_every=cfg.checkpoint_every)
-    restored = ckpt.restore(checkpoint.abstract_like(states))
-    if restored is not None:
-        states = restored[0]
-    start = int(np.asarray(states["step"]).reshape(-1)[0])
-    if restored is not None:
-        label = specs[0].name if single else f"sweep {os.path.basename(out_dir)}"
-        logging.info("resuming SAE %s from checkpoint at step %d", label, start)
+    with jax.set_mesh(mesh):  # the ambient mesh: shard_select's selections stay shard-local
+        start = int(np.asarray(host_states["step"]).reshape(-1)[0])
+        restored = ckpt.restore(checkpoint.abstract_like(_saved(states, feed.initial_carry(0))))
+        carry = None
+        if restored is not None:
+            states, carry = _unsaved(restored[0])
+            start = int(np.asarray(jax.device_get(states["step"])).reshape(-1)[0])
+            label = specs[0].name if single else f"sweep {os.path.basename(out_dir)}"
+            logging.info("resuming SAE %s from checkpoint at step %d", label, start)
+        if not carry:
+            carry = feed.initial_carry(start)
+        try:
+            return _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt,
+                          out_dir=out_dir, strategy=strategy, resample_seed=resample_seed,
+                          start=start, eval_ND=eval_ND, replicated=replicated)
+        finally:
+            ckpt.close()
+            feed.close()
 
-    compile_for = functools.partial(compile_step, strategy=strategy, num_members=len(specs))
+
+def _saved(states, carry):
+    """The checkpointed tree: the states, plus the feed's carry where it has one."""
+    return {**states, "feed": carry} if jax.tree.leaves(carry) else states
+
+
+def _unsaved(tree):
+    tree = dict(tree)
+    return tree, tree.pop("feed", None)
+
+
+def _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt, *, out_dir, strategy,
+           resample_seed, start, eval_ND, replicated) -> Trained:
+    single = strategy == "single"
+    compile_for = functools.partial(
+        compile_step, strategy=strategy, num_members=len(specs), draw=feed.draw,
+        shardings=(feed.carry_shardings(), shardings, feed.inputs_sharding(), replicated))
     step_fn = compile_for(sae_cfg)
     settled = _settled(specs)
     settled_fn = compile_for(dataclasses.replace(sae_cfg, k=settled[1])) if settled else step_fn
-    resample_fn = _resampler(sae_cfg, single)
+    resample_fn = _resampler(sae_cfg, single, feed.draw, shardings, replicated)
     writer = metrics_io.MetricsWriter(os.path.join(out_dir, "metrics.jsonl"), start)
     report = _Reporter(cfg, specs, writer)
     lagged = metrics_io.LaggedMetrics(cfg.steps, report)
-    batches = reader.iterate(start, device_put=True)
+    inputs = feed.inputs(start)
     try:
         for step in range(start, cfg.steps):
-            x_BD = next(batches)
+            step_inputs = next(inputs)
             if step in cfg.resample_steps and sae_cfg.variant == "towards_2023":
                 key = jax.random.fold_in(jax.random.key(resample_seed), step)
                 keys = key if single else jax.random.split(key, len(specs))
-                states = resample_fn(states, x_BD, keys, hps)
+                states = resample_fn(states, carry, step_inputs, keys, hps)
                 logging.info("step %d: resampled dead latents", step)
             fn = settled_fn if settled and step >= settled[0] else step_fn
-            states, metrics = fn(states, x_BD, hps)
+            carry, states, metrics = fn(carry, states, step_inputs, hps)
             lagged.dispatched(step, metrics)
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 report.check(step, jax.device_get(metrics))  # never save a NaN state
-                ckpt.save(done, states, {"step": done, "members": [s.name for s in specs]},
-                          force=True)
+                ckpt.save(done, _saved(states, carry),
+                          {"step": done, "members": [s.name for s in specs]}, force=True)
         lagged.flush()
     finally:
-        batches.close()
-        ckpt.close()
-        reader.close()
+        inputs.close()
     rate = lagged.timed_steps / lagged.elapsed if lagged.elapsed else 0.0
     last = report.last or {"loss": np.full(len(specs), np.nan)}
     compilations = step_fn._cache_size() + (settled_fn._cache_size() if settled else 0)
-    return Trained(states, hps, eval_ND, start, rate * cfg.batch_size,
-                   np.asarray(last["loss"], np.float64).reshape(-1), compilations)
+    return Trained(parallel.to_host(states), parallel.to_host(hps), eval_ND, start,
+                   rate * cfg.batch_size, np.asarray(last["loss"], np.float64).reshape(-1),
+                   compilations)
 
 
-def compile_step(sae_cfg, *, strategy: str = "single", num_members: int = 1):
-    """The jitted step of `num_members` members (state donated)."""
-    return jax.jit(members_step(sae_cfg, strategy, num_members), donate_argnums=0)
+def compile_step(sae_cfg, *, strategy: str = "single", num_members: int = 1,
+                 draw=StoreFeed.draw, shardings=None):
+    """The jitted program of one step: (carry, states, inputs, hps) -> (carry, states, metrics):
+    the feed's draw, then `num_members` members' train steps (carry and states donated).
+
+    `shardings`: (carry, states, inputs, hps) NamedSharding trees; the outputs keep the carry's
+    and states' layouts (so every step hits the one compiled program) and the metrics are
+    replicated."""
+    members_fn = members_step(sae_cfg, strategy, num_members)
+
+    def program(carry, states, inputs, hps):
+        carry, x_BD = draw(carry, inputs)
+        states, metrics = members_fn(states, x_BD, hps)
+        return carry, states, metrics
+
+    if shardings is None:
+        return jax.jit(program, donate_argnums=(0, 1))
+    carry_sh, states_sh, _, replicated = shardings
+    return jax.jit(program, donate_argnums=(0, 1), in_shardings=shardings,
+                   out_shardings=(carry_sh, states_sh, replicated))
 
 
 def _settled(specs) -> tuple[int, int] | None:
@@ -171,9 +261,16 @@ def _settled(specs) -> tuple[int, int] | None:
     return max(s or 0 for s in steps), max(int(s.hparams["k"]) for s in specs)
 
 
-def _resampler(sae_cfg, single: bool):
+def _resampler(sae_cfg, single: bool, draw, shardings, replicated):
+    """(states, carry, inputs, keys, hps) -> states with dead latents resampled from the step's
+    batch (drawn again: a feed's draw is a pure function of its carry and inputs)."""
     resample = functools.partial(sae_step.resample_dead, cfg=sae_cfg)
-    return jax.jit(resample if single else jax.vmap(resample, in_axes=(0, None, 0, 0)))
+    resample = resample if single else jax.vmap(resample, in_axes=(0, None, 0, 0))
+
+    def fn(states, carry, inputs, keys, hps):
+        return resample(states, draw(carry, inputs)[1], keys, hps)
+
+    return jax.jit(fn, donate_argnums=0, out_shardings=shardings)
 
 
 class _Reporter:

@@ -17,12 +17,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from monosem_jax import config_values, metrics_io, stage_config
+from monosem_jax import config_values, distributed, metrics_io, stage_config
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.sae import artifact
 from monosem_jax.sae import metrics as sae_metrics
 from monosem_jax.sae import model as sae_model
 from monosem_jax.sae import step as sae_step
+
+SOURCES = ("store", "lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,8 @@ class TrainConfig:
     sparse_capacity: int
     matmul_dtype: str
     prefixes: tuple[int, ...]
+    model_parallel: int
+    source: str
     resample_steps: tuple[int, ...]
     eval_rows: int
     shuffle_blocks: int
@@ -58,7 +62,10 @@ class TrainConfig:
                            ">= 0 (0 = the dense step), or -1 (automatic)")
         stage_config.one_of("matmul_dtype", self.matmul_dtype, sae_model.MATMUL_DTYPES)
         stage_config.positive(self, ("steps", "batch_size", "d_sae", "log_every",
-                                     "checkpoint_every", "shuffle_blocks"))
+                                     "checkpoint_every", "shuffle_blocks", "model_parallel"))
+        stage_config.check(self.d_sae % self.model_parallel == 0, "model_parallel",
+                           self.model_parallel, f"a divisor of d_sae ({self.d_sae})")
+        stage_config.one_of("source", self.source, SOURCES)
         stage_config.one_of("variant", self.variant, sae_model.VARIANTS)
 
     @classmethod
@@ -177,14 +184,16 @@ def record_config(spec: RunSpec, cfg: TrainConfig, norm_scale: float) -> None:
                 f"{spec.run_dir} holds an SAE run with a different config ({diff}); pick "
                 "another --config.name or delete that folder"
             )
-    metrics_io.write_json_atomic(path, wanted)
+    if distributed.is_primary():
+        metrics_io.write_json_atomic(path, wanted)
 
 
 def finish_run(spec: RunSpec, params, hp, eval_ND, train_stats: dict, t_start: float) -> dict:
     """Held-out evaluation, feature densities and the run's summary.json."""
     final_hp = sae_step.scheduled(hp, spec.steps)
     metrics, density_F = sae_metrics.evaluate(spec.sae_cfg, params, final_hp, eval_ND)
-    np.save(os.path.join(spec.run_dir, "feature_density.npy"), density_F)
+    if distributed.is_primary():
+        np.save(os.path.join(spec.run_dir, "feature_density.npy"), density_F)
     summary = {
         "name": spec.name,
         "variant": spec.sae_cfg.variant,

@@ -17,7 +17,7 @@ import time
 import ml_collections
 from absl import logging
 
-from monosem_jax import checkpoint, config_values, metrics_io
+from monosem_jax import checkpoint, config_values, metrics_io, parallel
 from monosem_jax.sae import loop
 from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
@@ -58,17 +58,20 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if os.path.exists(summary_path):
         logging.info("sweep %s already finished; nothing to do", name)
         return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
-    st = cfg.training_store(workdir)
-    specs = [sae_run.run_spec(cfg, workdir, st.d, name=f"{name}_{i}", **m)
-             for i, m in enumerate(members)]
-    for spec in specs:
-        sae_run.record_config(spec, cfg, st.norm_scale)
-    logging.info("sweep %s: %d members, strategy %s", name, len(specs), strategy)
+    mesh = parallel.make_mesh(cfg.model_parallel)
     # All members read the same batches: the sweep's data seed, whatever their init seeds.
-    trained = loop.train_members(
-        cfg, st, specs, out_dir=sweep_dir, strategy=strategy,
-        data_seed=cfg.data_seed if cfg.data_seed >= 0 else cfg.seed, resample_seed=cfg.seed,
-    )
+    feed = loop.open_feed(cfg, workdir, mesh)
+    try:
+        specs = [sae_run.run_spec(cfg, workdir, feed.d, name=f"{name}_{i}", **m)
+                 for i, m in enumerate(members)]
+        for spec in specs:
+            sae_run.record_config(spec, cfg, feed.norm_scale)
+    except BaseException:
+        feed.close()
+        raise
+    logging.info("sweep %s: %d members, strategy %s", name, len(specs), strategy)
+    trained = loop.train_members(cfg, feed, specs, out_dir=sweep_dir, strategy=strategy,
+                                 resample_seed=cfg.seed, mesh=mesh)
     rows = []
     for i, spec in enumerate(specs):
         state = loop.member(trained.states, i)

@@ -14,7 +14,7 @@ import time
 import ml_collections
 from absl import logging
 
-from monosem_jax import metrics_io
+from monosem_jax import metrics_io, parallel
 from monosem_jax.sae import loop
 from monosem_jax.sae import run as sae_run
 
@@ -23,16 +23,16 @@ def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains one SAE (resuming from its checkpoints) and writes its summary."""
     t_start = time.time()
     cfg = sae_run.TrainConfig.from_config(config)
-    st = cfg.training_store(workdir)
-    spec = sae_run.run_spec(cfg, workdir, st.d)
+    mesh = parallel.make_mesh(cfg.model_parallel)
+    feed = loop.open_feed(cfg, workdir, mesh)
+    spec = sae_run.run_spec(cfg, workdir, feed.d)
     summary_path = os.path.join(spec.run_dir, "summary.json")
     if os.path.exists(summary_path):
+        feed.close()
         logging.info("SAE run %s already finished; nothing to do", spec.name)
         return metrics_io.finish_summary(summary_path, metrics_io.read_json(summary_path))
-    sae_run.record_config(spec, cfg, st.norm_scale)
-    trained = loop.train_members(
-        cfg, st, [spec], out_dir=spec.run_dir, strategy="single",
-        data_seed=cfg.data_seed if cfg.data_seed >= 0 else spec.seed, resample_seed=spec.seed,
-    )
+    sae_run.record_config(spec, cfg, feed.norm_scale)
+    trained = loop.train_members(cfg, feed, [spec], out_dir=spec.run_dir, strategy="single",
+                                 resample_seed=spec.seed, mesh=mesh)
     return sae_run.finish_run(spec, trained.states["params"], trained.hps, trained.eval_ND,
                               trained.stats(0), t_start)

@@ -67,6 +67,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # gradients; ~1.6x that product on CPUs with AVX-512 BF16; a sweep can set it per run).
     config.matmul_dtype = "float32"
 
+    # Devices on the mesh's 'model' axis: each holds d_sae / model_parallel latents (W_enc
+    # columns, W_dec rows, their Adam moments and counters); the other devices of all processes
+    # split each batch ('data'). 1 = the dictionary whole on every device (pure data parallel).
+    config.model_parallel = 1
+    # Where training rows come from: "store" (a captured store: config.hook, config.store) or
+    # "lm" (the trained LM's hook activations computed in the same jitted program as the SAE
+    # step, through an on-device shuffle buffer: no store on disk).
+    config.source = "store"
+
     config.eval_rows = 65536  # held-out rows (the store's last rows), never trained on
     config.shuffle_blocks = 8  # shuffle buffer, in shards
     config.prefetch = 2  # shards read ahead in a background thread
