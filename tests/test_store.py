@@ -201,3 +201,55 @@ def test_writer_mismatch_and_overwrite(tmp_path):
     assert write(spec, [10, 100])["rows"] == 100  # resumes after the 10 committed rows
     summary = write(spec_at(tmp_path, d=8), [0, 50], overwrite=True)
     assert summary["rows"] == 50 and S.open_store(tmp_path, HOOK, expect_d=8).rows == 50
+
+
+def test_segment_plan_merge_and_stale_records():
+    from monosem_jax.activations.segments import Piece, Segment, live, merge, plan
+
+    assert plan([[]], 1005, 100, 2) == [[Piece(0, 500, (0,))], [Piece(500, 1005, (500,))]]
+    # A 2-process capture of two hooks killed mid-way: each process's segment, hooks apart.
+    a = [Segment(0, 300), Segment(500, 800)]
+    b = [Segment(0, 200), Segment(500, 900)]
+    assert plan([a, b], 1005, 100, 2) == [
+        [Piece(200, 400, (0, 0)), Piece(800, 1000, (500, 500))],
+        [Piece(400, 500, (400, 400)), Piece(1000, 1005, (1000, 1000))],
+    ]
+    assert plan([a, b], 1005, 100, 1) == [[Piece(200, 500, (0, 0)), Piece(800, 1005, (500, 500))]]
+    # Hook b's first segment runs past a's second start: b extends its own, from its own row.
+    b = [Segment(0, 700)]
+    assert plan([a, b], 1005, 100, 2) == [
+        [Piece(300, 500, (0, 0)), Piece(700, 900, (500, 0))],
+        [Piece(900, 1005, (900, 900))],
+    ]
+    # A record inside an earlier live segment (a finalize killed before its clean-up) is dropped.
+    whole = Segment(0, 1005, 2.5, {"acts": 7})
+    assert live([Segment(500, 800), whole]) == [whole]
+    assert plan([[whole, Segment(500, 800)]], 1005, 100, 2) == [[], []]
+    assert merge([whole, Segment(500, 800)], 1005) is whole
+    parts = [Segment(0, 500, 1.0, {"acts": 2**64 - 1}), Segment(500, 1005, 1.5, {"acts": 8})]
+    assert merge(parts, 1005) == whole
+    with pytest.raises(S.StoreError, match=r"rows \[500, 600\) were never committed"):
+        merge([Segment(0, 500), Segment(600, 1005)])
+    with pytest.raises(S.StoreError, match="1005 rows committed, expected 2000"):
+        merge(parts, 2000)
+
+
+def test_segments_written_apart_merge_into_one_writers_store(tmp_path):
+    n, cut = 517, 3 * SHARD
+    clean = write(spec_at(tmp_path / "clean"), UNEVEN)
+    spec = spec_at(tmp_path / "apart")
+    first = S.StoreWriter(spec, {"lm_step": 3})
+    first.reserve(n)  # as process 0 does before any process writes
+    for start, stop in [(cut, n), (0, cut)]:  # the later segment may well finish first
+        writer = S.StoreWriter(spec, {"lm_step": 3}, segment_start=start)
+        writer.append(rows_RD(start, stop), *meta(start, stop))
+        writer.flush()
+    assert {s.start: s.rows for s in S.read_segments(spec.kvstore, HOOK)} == {0: cut, cut: n}
+    assert not S.is_complete(spec.kvstore, HOOK)
+    merged = S.complete(spec, expect_rows=n)
+    assert merged["rows"] == clean["rows"] and merged["checksums"] == clean["checksums"]
+    assert merged["norm_scale"] == pytest.approx(clean["norm_scale"], rel=1e-12)
+    assert [s.start for s in S.read_segments(spec.kvstore, HOOK)] == [0]  # merged, cleaned up
+    np.testing.assert_array_equal(S.open_store(spec).read_rows(0, n), rows_RD(0, n))
+    with pytest.raises(ValueError, match="shard boundary"):
+        S.StoreWriter(spec_at(tmp_path / "x"), {}, segment_start=SHARD + 1)

@@ -14,8 +14,12 @@ and are shrunk to exactly `rows` at finalize. Writes are whole shards (a tail sh
 issued asynchronously with a bounded number in flight. `<root>/<hook>/progress` is a JSON key
 holding the committed `rows`, the running `norm_sum` and checksums; it is rewritten only after
 every data write for those rows has resolved, so a killed capture resumes at `rows` and simply
-overwrites anything written beyond it. `<root>/<hook>/COMPLETE` (JSON: rows, d, dtype, bytes,
-norm_scale, checksums) is written last; a store without it is never read as complete. Checksums
+overwrites anything written beyond it. Several processes write one store as segments of whole
+shards (segments.py): each writer's record is `progress.<start>` (`progress` for start 0), and
+`complete` merges them once every process's writes resolved; the arrays are then sized up front
+(`reserve`), since concurrent resizes from several processes would race on zarr.json.
+`<root>/<hook>/COMPLETE` (JSON: rows, d, dtype, bytes, norm_scale, checksums) is written last, by
+one process; a store without it is never read as complete. Checksums
 are, per array, Σ_r (r+1)·(Σ of row r's stored element bit patterns as unsigned ints) mod 2^64,
 as hex. All TensorStore handles share one process-wide `ts.Context` (`shared_context()`), so a
 `memory` store written by a StoreWriter is readable by `open_store` in the same process.
@@ -33,12 +37,13 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from monosem_jax.activations import segments
 from monosem_jax.errors import StoreError
 
 META_FIELDS = ("token_id", "doc_id", "position")
 DTYPES = ("float32", "bfloat16")
 COMPLETE_KEY = "COMPLETE"
-PROGRESS_KEY = "progress"
+PROGRESS_KEY = segments.key(0)
 _INNER_CHUNK_BYTES = 1 << 20
 _U64 = 1 << 64
 # One TensorStore worker for copies and few file threads: JAX needs the 2 cores (measured:
@@ -183,12 +188,25 @@ class _Block:
 
 
 class StoreWriter:
-    """Appends activation rows asynchronously in shard-aligned blocks; resumable after a kill."""
+    """Appends activation rows asynchronously in shard-aligned blocks; resumable after a kill.
+
+    `segment_start` (a shard boundary) picks the segment this writer appends to: it resumes from
+    that segment's record, or starts it empty at that row (segments.py).
+    """
 
     def __init__(
-        self, spec: StoreSpec, attributes: dict, max_in_flight: int = 4, *, overwrite: bool = False
+        self,
+        spec: StoreSpec,
+        attributes: dict,
+        max_in_flight: int = 4,
+        *,
+        overwrite: bool = False,
+        segment_start: int = 0,
     ):
+        if segment_start < 0 or segment_start % spec.rows_per_shard:
+            raise ValueError(f"segment_start {segment_start} is not a shard boundary of {spec}")
         self.spec, self.max_in_flight = spec, max_in_flight
+        self._progress_key = segments.key(segment_start)
         self._dir = _hook_dir(spec.kvstore, spec.hook)
         self._name = _describe(self._dir)
         self._kvs = _kv(self._dir)
@@ -206,8 +224,10 @@ class StoreWriter:
             raise ValueError(f"attributes {sorted(clash)} conflict with the StoreSpec {spec}")
         self.attributes = json.loads(json.dumps({**attributes, **own}))  # as stored
         self._arrays = {n: self._open_or_create(n) for n in ("acts", *META_FIELDS)}
-        progress = _read_json(self._kvs, PROGRESS_KEY) or {}
-        self._committed = self._done_rows = self._next_row = int(progress.get("rows", 0))
+        progress = _read_json(self._kvs, self._progress_key) or {}
+        self._committed = self._done_rows = self._next_row = int(
+            progress.get("rows", segment_start)
+        )
         self._norm_sum = float(progress.get("norm_sum", 0.0))
         self._checksums = {k: int(v, 16) for k, v in progress.get("checksums", {}).items()}
         self._pieces: collections.deque = collections.deque()
@@ -319,6 +339,18 @@ class StoreWriter:
             futures[name] = arr.resize(exclusive_max=[target, None][: arr.rank], expand_only=True)
         self._arrays.update({n: f.result() for n, f in futures.items()})
 
+    def reserve(self, rows: int) -> None:
+        """Grows the arrays to hold `rows` rows now, so no later write needs a resize (several
+        processes resizing one array would race on its zarr.json)."""
+        shard = self.spec.rows_per_shard
+        target = -(-rows // shard) * shard
+        futures = {
+            n: a.resize(exclusive_max=[target, None][: a.rank], expand_only=True)
+            for n, a in self._arrays.items()
+            if a.shape[0] < target
+        }
+        self._arrays.update({n: f.result() for n, f in futures.items()})
+
     def _retire(self, block: _Block) -> None:
         for future in block.futures:
             future.result()
@@ -328,7 +360,7 @@ class StoreWriter:
             self._checksums[name] = (self._checksums.get(name, 0) + value) % _U64
         self._poll_progress()
         if self._progress_future is None:  # one progress write in flight keeps them ordered
-            future = _write_json(self._kvs, PROGRESS_KEY, self._progress())
+            future = _write_json(self._kvs, self._progress_key, self._progress())
             self._progress_future = (self._done_rows, future)
 
     def _progress(self) -> dict:
@@ -349,29 +381,59 @@ class StoreWriter:
             self._retire(self._pending.popleft())
         self._poll_progress(wait=True)
         if self._committed != self._done_rows:
-            _write_json(self._kvs, PROGRESS_KEY, self._progress()).result()
+            _write_json(self._kvs, self._progress_key, self._progress()).result()
             self._committed = self._done_rows
 
-    def finalize(self) -> dict:
-        """Flush, shrink to `rows`, add rows/norm_scale to attributes, then write COMPLETE last."""
+    def finalize(self, expect_rows: int | None = None) -> dict:
+        """Flush, then `complete` the store (every segment's rows, COMPLETE last)."""
         self.flush()
-        rows, d = self._done_rows, self.spec.d
-        if rows == 0 or self._norm_sum <= 0:
-            raise StoreError(f"store {self._name} has no nonzero rows; nothing to finalize")
-        norm_scale = math.sqrt(d) * rows / self._norm_sum
-        futures = {
-            n: a.resize(exclusive_max=[rows, None][: a.rank]) for n, a in self._arrays.items()
-        }
-        self._arrays = {n: f.result() for n, f in futures.items()}
-        metadata = _read_json(self._kvs, "acts/zarr.json")
-        metadata["attributes"].update(rows=rows, norm_scale=norm_scale)
-        _write_json(self._kvs, "acts/zarr.json", metadata).result()
-        row_bytes = d * _np_dtype(self.spec.dtype).itemsize + 4 * len(META_FIELDS)
-        summary = dict(self._progress(), hook=self.spec.hook, d=d, dtype=self.spec.dtype)
-        summary.update(bytes=rows * row_bytes, norm_scale=norm_scale)
-        _write_json(self._kvs, COMPLETE_KEY, summary).result()
+        summary = complete(self.spec, expect_rows)
         self._finalized = True
         return summary
+
+
+def read_segments(root: Any, hook: str) -> list[segments.Segment]:
+    """Every progress record of a hook's store (segments.py), in no particular order."""
+    kvs = _kv(_hook_dir(root, hook))
+    keys = kvs.list(ts.KvStore.KeyRange(segments.PREFIX, segments.PREFIX + "/")).result()
+    starts = [s for s in (segments.start_of(k.decode()) for k in keys) if s is not None]
+    records = {s: _read_json(kvs, segments.key(s)) for s in starts}
+    return [segments.Segment.from_record(s, r) for s, r in records.items() if r is not None]
+
+
+def complete(spec: StoreSpec, expect_rows: int | None = None) -> dict:
+    """Merges the segments (all rows present, each once), shrinks the arrays to `rows`, adds
+    rows/norm_scale to the attributes, then writes COMPLETE last. Call it from one process, after
+    every writer's flush resolved."""
+    hook_dir = _hook_dir(spec.kvstore, spec.hook)
+    name, kvs = _describe(hook_dir), _kv(hook_dir)
+    found = read_segments(spec.kvstore, spec.hook)
+    try:
+        merged = segments.merge(found, expect_rows)
+    except StoreError as e:
+        raise StoreError(f"store {name}: {e}") from None
+    rows, d = merged.rows, spec.d
+    if rows == 0 or merged.norm_sum <= 0:
+        raise StoreError(f"store {name} has no nonzero rows; nothing to finalize")
+    if len(found) > 1:  # the merged record first: a kill before the clean-up drops nothing
+        _write_json(kvs, PROGRESS_KEY, merged.record()).result()
+        for seg in found:
+            if seg.start:
+                stale = segments.key(seg.start)
+                kvs.delete_range(ts.KvStore.KeyRange(stale, stale + "\0")).result()
+    norm_scale = math.sqrt(d) * rows / merged.norm_sum
+    arrays = {n: _open_array(hook_dir, n) for n in ("acts", *META_FIELDS)}
+    futures = {n: a.resize(exclusive_max=[rows, None][: a.rank]) for n, a in arrays.items()}
+    for future in futures.values():
+        future.result()
+    metadata = _read_json(kvs, "acts/zarr.json")
+    metadata["attributes"].update(rows=rows, norm_scale=norm_scale)
+    _write_json(kvs, "acts/zarr.json", metadata).result()
+    row_bytes = d * _np_dtype(spec.dtype).itemsize + 4 * len(META_FIELDS)
+    summary = dict(merged.record(), hook=spec.hook, d=d, dtype=spec.dtype)
+    summary.update(bytes=rows * row_bytes, norm_scale=norm_scale)
+    _write_json(kvs, COMPLETE_KEY, summary).result()
+    return summary
 
 
 class Store:
