@@ -70,11 +70,11 @@ def sae_rows_per_s(d: int, steps: int) -> tuple[float, dict]:
     x_BD = jax.device_put(
         np.random.default_rng(1).standard_normal((config.batch_size, d), np.float32)
     )
-    state, metrics = step_fn(state, x_BD, hp)
+    _, state, metrics = step_fn((), state, x_BD, hp)
     jax.block_until_ready(metrics)
     t = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step_fn(state, x_BD, hp)
+        _, state, metrics = step_fn((), state, x_BD, hp)
     jax.block_until_ready(metrics)
     shape = {
         "variant": spec.sae_cfg.variant,

@@ -9,7 +9,8 @@ the candidates are laid out shard by shard, in index order.
 
 Without a mesh (or with one 'model' device) these are `lax.top_k`, unchanged. The mesh is the
 ambient one (`jax.set_mesh`, as sae/loop.py trains), so the step functions stay mesh-agnostic.
-Shape letters: M = latents per shard (F / m), C = candidates (m·k).
+Shape letters: A = the shards (blocks) of the mesh, G = one shard's chunk of latents (F / m),
+X = candidates or a block's entries (scratch, named where made); m shards, n data blocks.
 """
 
 from __future__ import annotations
@@ -42,16 +43,16 @@ def latent_top_k(z_BF: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     if m == 1:
         return jax.lax.top_k(z_BF, k)
     lead = z_BF.shape[:-1]
-    num_m = num_f // m
-    z_BmM = z_BF.reshape(*lead, m, num_m)
-    z_BmM = jax.lax.with_sharding_constraint(
-        z_BmM, P(*(P.UNCONSTRAINED,) * len(lead), MODEL_AXIS, None))
-    vals_Bmk, local_Bmk = jax.lax.top_k(z_BmM, k)
-    offsets = jnp.arange(m, dtype=local_Bmk.dtype) * num_m
-    idx_Bmk = local_Bmk + offsets.reshape((1,) * len(lead) + (m, 1))
-    vals_BC = vals_Bmk.reshape(*lead, m * k)
-    vals_BK, pick_BK = jax.lax.top_k(vals_BC, k)
-    idx_BK = jnp.take_along_axis(idx_Bmk.reshape(*lead, m * k), pick_BK, axis=-1)
+    num_g = num_f // m
+    z_BAG = z_BF.reshape(*lead, m, num_g)
+    z_BAG = jax.lax.with_sharding_constraint(
+        z_BAG, P(*(P.UNCONSTRAINED,) * len(lead), MODEL_AXIS, None))
+    vals_BAK, local_BAK = jax.lax.top_k(z_BAG, k)
+    offsets_A1 = (jnp.arange(m, dtype=local_BAK.dtype) * num_g)[:, None]
+    idx_BAK = local_BAK + offsets_A1.reshape((1,) * len(lead) + (m, 1))
+    vals_BX = vals_BAK.reshape(*lead, m * k)  # X: the m·k candidates, shard by shard
+    vals_BK, pick_BK = jax.lax.top_k(vals_BX, k)
+    idx_BK = jnp.take_along_axis(idx_BAK.reshape(*lead, m * k), pick_BK, axis=-1)
     return vals_BK, idx_BK
 
 
@@ -63,16 +64,16 @@ def batch_top_k(z_BF: jax.Array, num_s: int) -> tuple[jax.Array, jax.Array]:
     m, n = _axis_size(MODEL_AXIS), _axis_size(DATA_AXIS)
     n = n if num_b % n == 0 else 1
     m = m if num_f % m == 0 else 1
-    block = (num_b // n) * (num_f // m)
-    if m * n == 1 or block < num_s:
+    rows, num_g = num_b // n, num_f // m
+    if m * n == 1 or rows * num_g < num_s:
         return jax.lax.top_k(z_BF.reshape(-1), num_s)
-    num_m, rows = num_f // m, num_b // n
-    z_nbmM = z_BF.reshape(n, rows, m, num_m)
-    z_nbmM = jax.lax.with_sharding_constraint(z_nbmM, P(DATA_AXIS, None, MODEL_AXIS, None))
-    z_nmX = z_nbmM.transpose(0, 2, 1, 3).reshape(n, m, rows * num_m)
-    vals_nmS, local_nmS = jax.lax.top_k(z_nmX, num_s)
-    row_nmS = local_nmS // num_m + (jnp.arange(n) * rows).reshape(n, 1, 1)
-    col_nmS = local_nmS % num_m + (jnp.arange(m) * num_m).reshape(1, m, 1)
-    flat_C = (row_nmS * num_f + col_nmS).reshape(-1)
-    vals_S, pick_S = jax.lax.top_k(vals_nmS.reshape(-1), num_s)
-    return vals_S, flat_C[pick_S]
+    # [data blocks, rows, model blocks, latents]: one block per device of the (data, model) mesh
+    z_nBmG = jax.lax.with_sharding_constraint(z_BF.reshape(n, rows, m, num_g),
+                                              P(DATA_AXIS, None, MODEL_AXIS, None))
+    z_AX = z_nBmG.transpose(0, 2, 1, 3).reshape(n * m, rows * num_g)  # X: a block's entries
+    vals_AS, local_AS = jax.lax.top_k(z_AX, num_s)
+    block_A = jnp.arange(n * m)
+    row_AS = local_AS // num_g + (block_A // m * rows)[:, None]
+    col_AS = local_AS % num_g + (block_A % m * num_g)[:, None]
+    vals_S, pick_S = jax.lax.top_k(vals_AS.reshape(-1), num_s)
+    return vals_S, (row_AS * num_f + col_AS).reshape(-1)[pick_S]
