@@ -11,7 +11,16 @@ One jitted forward returns only the requested hooks (XLA drops the layers after 
 for all hooks at once. The loop dispatches the forward of batch i+1 before copying batch i to the
 host and handing it to the asynchronous store writers, so writing hides behind compute. Rows kept
 per context are a pure function of (seed, window), so a killed capture resumes from the writers'
-committed row counts with no missing or duplicate rows.
+committed row counts with no missing or duplicate rows. Batches sit on one grid (windows
+[k·B, (k+1)·B)), whoever runs them and wherever a resume starts.
+
+Several processes (jax.distributed) capture as one: `segments.plan` gives each a run of whole
+shards of the same arrays (a resume: of the rows still missing), each process runs the forward on
+its own first device and writes its shards with its own progress record, and after a barrier
+process 0 merges the records (every row exactly once, checksums and norm sums combined) and
+writes COMPLETE, then the summaries. The store is the one a single process writes, byte for
+byte up to the last bit of norm_sum (added per process, then across processes), and a capture
+killed with P processes resumes with any number.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import config_values, metrics_io, stage_config
+from monosem_jax import config_values, distributed, metrics_io, stage_config
+from monosem_jax.activations import segments
 from monosem_jax.activations import store as store_lib
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import artifact as gpt_artifact
@@ -130,16 +140,25 @@ class _Windows:
 
 
 def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs the capture stage (a no-op when every hook's store is complete)."""
+    """Runs the capture stage (a no-op when every hook's store is complete).
+
+    With several processes (jax.distributed), each writes its own runs of whole shards
+    (segments.plan), process 0 completes the stores once every process's writes resolved, and
+    the summaries are process 0's.
+    """
     t_start = time.time()
     cfg = capture_config_from(config)
     model_cfg, params, lm_step = gpt_artifact.load_trained(workdir)
     gpt_model.check_hooks(model_cfg, cfg.hooks)
     root = store_root(cfg, workdir)
     summaries_dir = os.path.join(workdir, "acts")
-    if all(store_lib.is_complete(root, h) for h in cfg.hooks):
+    todo = [h for h in cfg.hooks if not store_lib.is_complete(root, h)]
+    if not todo:
         logging.info("capture already complete for %s; nothing to do", ", ".join(cfg.hooks))
-        return _summaries(cfg, summaries_dir, reprint=True)
+        return _summaries(cfg, summaries_dir)
+    if jax.process_count() > 1 and root.get("driver") == "memory":
+        raise ValueError("a memory kvstore lives in one process; a multi-process capture needs "
+                         "one every process reaches (a shared path, gcs, s3)")
 
     data_dir = os.path.join(workdir, "data")
     meta = dataset.load_meta(data_dir)
@@ -160,83 +179,128 @@ def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "capture_config": dataclasses.asdict(cfg),
         "model_config": dataclasses.asdict(model_cfg),
     }
-    writers = {
-        h: store_lib.StoreWriter(
-            store_lib.StoreSpec(
-                kvstore=root,
-                hook=h,
-                d=gpt_model.hook_dim(model_cfg, h),
-                dtype=cfg.dtype,
-                rows_per_shard=cfg.rows_per_shard,
-            ),
-            {**attributes, "hook": h},
-            max_in_flight=cfg.max_in_flight,
+    specs = {
+        h: store_lib.StoreSpec(
+            kvstore=root,
+            hook=h,
+            d=gpt_model.hook_dim(model_cfg, h),
+            dtype=cfg.dtype,
+            rows_per_shard=cfg.rows_per_shard,
         )
-        for h in cfg.hooks
+        for h in todo
     }
-    done_rows = min(w.rows_committed for w in writers.values())
+    if distributed.is_primary():  # creates (or checks) the arrays, sized once for every process
+        for h in todo:
+            store_lib.StoreWriter(specs[h], {**attributes, "hook": h}).reserve(total_rows)
+    found = [store_lib.read_segments(root, h) for h in todo]
+    pieces = segments.plan(found, total_rows, cfg.rows_per_shard, jax.process_count())
+    # Every process has read the same records before any is rewritten.
+    distributed.barrier("capture: stores created, progress read")
+    done_rows = total_rows - sum(p.stop - p.start for mine in pieces for p in mine)
     if done_rows:
         logging.info("resuming capture at row %d of %d", done_rows, total_rows)
+
+    # Each process runs the forward on its own first device: its rows are its own (no
+    # collective), and a window's activations are bit for bit those of a one-process capture.
+    params = jax.device_put(jax.device_get(params), jax.local_devices()[0])
     forward_only = _forward_only_tokens_per_s(params, windows, model_cfg, cfg)
-
-    first_window = done_rows // windows.rows_per_window
-    num_windows = -(-total_rows // windows.rows_per_window)
     fn = functools.partial(hook_activations, model_cfg=model_cfg, hooks=cfg.hooks)
-    t_loop, last_log = time.time(), time.time()
-    pending = None
-    starts = list(range(first_window, num_windows, cfg.batch_size))
-    for first in starts + [None]:
-        launched = None
-        if first is not None:
-            # Every forward has the same shape (one compile): the last batch re-reads windows
-            # from the start, and _write keeps only the rows below total_rows.
-            tokens_BL, positions_BK, row_meta = windows.batch(first, cfg.batch_size)
-            launched = (first, fn(params, tokens_BL, positions_BK), row_meta)
-        if pending is not None:
-            _write(pending, writers, windows.rows_per_window, total_rows)
-        pending = launched
-        if time.time() - last_log > 10 or first is None:
-            last_log = time.time()
-            rows_now = min(w.rows_written for w in writers.values())
-            rate = (rows_now - done_rows) / max(time.time() - t_loop, 1e-9)
-            logging.info(
-                "capture %d/%d rows (%.1f%%) | %.0f rows/s | eta %s",
-                rows_now,
-                total_rows,
-                100 * rows_now / total_rows,
-                rate,
-                metrics_io.format_eta((total_rows - rows_now) / rate) if rate else "?",
-            )
-    finals = {h: w.finalize() for h, w in writers.items()}
+
+    def open_writer(hook: str, segment_start: int) -> store_lib.StoreWriter:
+        return store_lib.StoreWriter(specs[hook], {**attributes, "hook": hook},
+                                     max_in_flight=cfg.max_in_flight, segment_start=segment_start)
+
+    t_loop = time.time()
+    mine = pieces[jax.process_index()]
+    logger = _ProgressLog(sum(p.stop - p.start for p in mine))
+    for piece in mine:
+        _capture_piece(piece, todo, open_writer, fn, params, windows, logger)
+    distributed.barrier("capture: every process's rows written")
     loop_s = time.time() - t_loop
-    windows_done = num_windows - first_window
-    for h, final in finals.items():
-        summary = {
-            "hook": h,
-            "rows": final["rows"],
-            "d": final["d"],
-            "bytes": final["bytes"],
-            "dtype": cfg.dtype,
-            "norm_scale": final["norm_scale"],
-            "resumed_from_row": done_rows,
-            "tokens_per_s": windows_done * length / loop_s if loop_s > 0 else 0.0,
-            "forward_only_tokens_per_s": forward_only,
-            "lm_checkpoint_step": lm_step,
-            "wall_s": time.time() - t_start,
-        }
-        summary["write_overhead_ratio"] = summary["tokens_per_s"] / forward_only
-        metrics_io.write_json_atomic(os.path.join(summaries_dir, h, "summary.json"), summary)
-    return _summaries(cfg, summaries_dir, reprint=False)
+    rpw = windows.rows_per_window
+    windows_done = sum(-(-p.stop // rpw) - p.start // rpw for mine in pieces for p in mine)
+    tokens_per_s = windows_done * length / loop_s if loop_s > 0 else 0.0
+    run = {
+        "dtype": cfg.dtype,
+        "resumed_from_row": done_rows,
+        "tokens_per_s": tokens_per_s,
+        # Process 0's forward-only rate times the process count (hosts alike).
+        "forward_only_tokens_per_s": forward_only * jax.process_count(),
+        "lm_checkpoint_step": lm_step,
+        "processes": jax.process_count(),
+    }
+    if distributed.is_primary():
+        for h in todo:
+            final = store_lib.complete(specs[h], total_rows)
+            summary = {k: final[k] for k in ("hook", "rows", "d", "bytes", "norm_scale")}
+            summary.update(run, wall_s=time.time() - t_start)
+            summary["write_overhead_ratio"] = tokens_per_s / run["forward_only_tokens_per_s"]
+            metrics_io.write_json_atomic(os.path.join(summaries_dir, h, "summary.json"), summary)
+    distributed.barrier("capture: stores complete")
+    return _summaries(cfg, summaries_dir)
 
 
-def _write(pending, writers, rows_per_window: int, total_rows: int) -> None:
-    """Copies one batch to the host and appends the rows each writer does not have yet."""
+class _ProgressLog:
+    """Logs this process's capture progress every 10 s and at the end."""
+
+    def __init__(self, rows: int):
+        self.rows, self.done, self.t_start, self.last = rows, 0, time.time(), time.time()
+
+    def add(self, rows: int, final: bool = False) -> None:
+        self.done += rows
+        if time.time() - self.last < 10 and not final:
+            return
+        self.last = time.time()
+        rate = self.done / max(time.time() - self.t_start, 1e-9)
+        who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+        logging.info(
+            "capture %s%d/%d rows (%.1f%%) | %.0f rows/s | eta %s",
+            who,
+            self.done,
+            self.rows,
+            100 * self.done / max(self.rows, 1),
+            rate,
+            metrics_io.format_eta((self.rows - self.done) / rate) if rate else "?",
+        )
+
+
+def _capture_piece(piece: segments.Piece, hooks: list[str], open_writer, fn, params,
+                   windows: _Windows, logger: _ProgressLog) -> None:
+    """Writes rows [piece.start, piece.stop) of every hook that lacks them, then flushes."""
+    writers = {h: open_writer(h, start) for h, start in zip(hooks, piece.segments, strict=True)}
+    writers = {h: w for h, w in writers.items() if w.rows_written < piece.stop}
+    if not writers:
+        return
+    # Batches sit on one grid, windows [k·B, (k+1)·B) (the last wrapping past the end), whoever
+    # runs them and wherever a resume starts: a row's forward never depends on the process count.
+    size, rpw = windows.cfg.batch_size, windows.rows_per_window
+    first_row = min(w.rows_written for w in writers.values())
+    batches = range(first_row // rpw // size, (piece.stop - 1) // rpw // size + 1)
+    pending, written = None, first_row
+    for k in [*batches, None]:
+        launched = None
+        if k is not None:
+            # Every forward has the same shape (one compile); _write keeps the piece's rows.
+            tokens_BL, positions_BK, row_meta = windows.batch(k * size, size)
+            launched = (k * size, fn(params, tokens_BL, positions_BK), row_meta)
+        if pending is not None:
+            _write(pending, writers, rpw, piece.stop)
+            now = min(w.rows_written for w in writers.values())
+            logger.add(now - written, final=k is None)
+            written = now
+        pending = launched
+    for writer in writers.values():
+        writer.flush()
+
+
+def _write(pending, writers, rows_per_window: int, stop: int) -> None:
+    """Copies one batch to the host and appends the rows below `stop` each writer lacks."""
     first, acts, meta = pending
     acts = jax.device_get(acts)
     batch_start = first * rows_per_window
     for h, writer in writers.items():
         lo = max(writer.rows_written - batch_start, 0)  # skip rows already stored (resume)
-        hi = min(acts[h].shape[0], total_rows - batch_start)
+        hi = min(acts[h].shape[0], stop - batch_start)
         if hi > lo:
             writer.append(
                 acts[h][lo:hi],
@@ -259,7 +323,7 @@ def _forward_only_tokens_per_s(params, windows: _Windows, model_cfg, cfg: Captur
     return cfg.forward_only_batches * n * windows.length / (time.time() - t)
 
 
-def _summaries(cfg: CaptureConfig, summaries_dir: str, reprint: bool) -> dict:
+def _summaries(cfg: CaptureConfig, summaries_dir: str) -> dict:
     """The per-hook summaries, and one combined summary printed as the last line."""
     per_hook = {
         h: metrics_io.read_json(os.path.join(summaries_dir, h, "summary.json")) for h in cfg.hooks
@@ -275,7 +339,6 @@ def _summaries(cfg: CaptureConfig, summaries_dir: str, reprint: bool) -> dict:
         "norm_scale": {h: s["norm_scale"] for h, s in per_hook.items()},
         "wall_s": first["wall_s"],
     }
-    del reprint
     return metrics_io.finish_summary(os.path.join(summaries_dir, "summary.json"), combined)
 
 
