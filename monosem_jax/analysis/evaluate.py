@@ -12,6 +12,16 @@ corpus a last pass over a window sample (`probe_tokens`) feeds the probes (`prob
 concept a logistic probe on the hook's activations (the ceiling) and k-sparse probes on SAE
 latents, both scored on held-out windows.
 
+Several processes (jax.distributed) evaluate as one: the mesh spans every process's devices,
+each global batch's contexts are split over them (each process copies only its own devices'
+contexts, `_batches`), so every context is computed and counted once and the jitted sums come
+back already reduced over all processes; per-token samples (thresholds, probes) are gathered
+whole to every process (parallel.to_host). Every process then holds the same totals and runs the
+same host code; only process 0 writes the files. The figures equal a one-process run's on the
+same global mesh to float tolerance, except the probes' F1: XLA:CPU compiles the L-BFGS fit
+differently for processes with different device counts, and the smoke probes (100 steps, weak
+L2) amplify those last bits.
+
 Outputs, in `W/eval/`: `<name>.json` (the summary, also the last stdout line),
 `<name>_density.png` (feature density histogram) and `<name>_features.npz` (per-feature density
 and best neuron / residual correlations). A rerun recomputes everything (about a minute on CPU
@@ -32,7 +42,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import batching, config_values, metrics_io, parallel, stage_config
+from monosem_jax import batching, config_values, distributed, metrics_io, parallel, stage_config
 from monosem_jax.analysis import features, probes
 from monosem_jax.analysis import metrics as m
 from monosem_jax.corpus import dataset
@@ -207,9 +217,11 @@ def _probe_concepts(lm_params, sae, windows_WL, labels_WL, concepts, cfg: EvalCo
         xs, ys = [], []
         for tokens_BL, valid_B, labels_BLC in _batches(windows_WL[picked_W], labels_WL[picked_W],
                                                        len(concepts), cfg.batch_size, mesh):
-            x_ND, mask_N = jax.device_get(_hook_rows(lm_params, tokens_BL, valid_B, st))
+            (x_ND, mask_N), labels_BLC = parallel.to_host(
+                (_hook_rows(lm_params, tokens_BL, valid_B, st), labels_BLC)
+            )
             xs.append(x_ND[mask_N])
-            ys.append(np.asarray(labels_BLC).reshape(-1, len(concepts))[mask_N])
+            ys.append(labels_BLC.reshape(-1, len(concepts))[mask_N])
         parts += [np.concatenate(xs), np.concatenate(ys)]
     results = probes.concept_probes(lambda x_ND: _reported_acts(sae, x_ND), *parts, cfg.probe)
     probes.probe_fields(table, concepts, results, parts[1], parts[3], cfg.probe.ks)
@@ -225,13 +237,17 @@ def concept_bits(labels_BL: np.ndarray, num_concepts: int) -> np.ndarray:
 
 def _batches(windows_WL: np.ndarray, labels_WL: np.ndarray, num_concepts: int, batch_size: int,
              mesh):
-    """(tokens [B, L], valid [B], labels [B, L, C]) split over 'data'; the last batch padded."""
+    """(tokens [B, L], valid [B], labels [B, L, C]) split over 'data'; the last batch padded.
+
+    Every process builds the whole batch (token windows are cheap) and copies only its own
+    devices' contexts, so each context is computed, and counted, on exactly one device.
+    """
     # One compiled shape; padded rows are masked out of every sum.
     for first, tokens_BL, n in batching.fixed_batches(windows_WL, batch_size):
         labels_BL, _ = batching.pad_rows(labels_WL[first : first + batch_size], batch_size)
         valid_B = batching.valid_rows(n, batch_size)
         batch = (tokens_BL, valid_B, concept_bits(labels_BL, num_concepts))
-        yield tuple(parallel.global_batch(mesh, x) for x in batch)
+        yield tuple(parallel.place(x, parallel.data_sharding(mesh)) for x in batch)
 
 
 def _thresholds_and_shifts(lm_params, sae: TrainedSAE, norm_scale, windows_WL, cfg: EvalConfig,
@@ -244,7 +260,7 @@ def _thresholds_and_shifts(lm_params, sae: TrainedSAE, norm_scale, windows_WL, c
     no_labels_WL = np.zeros(picked_W.shape + windows_WL.shape[1:], np.uint32)
     for tokens_BL, valid_B, _ in _batches(windows_WL[picked_W], no_labels_WL, 1, cfg.batch_size,
                                           mesh):
-        feats_NF, units_NU, mask_N = jax.device_get(
+        feats_NF, units_NU, mask_N = parallel.to_host(
             _sample_units(lm_params, sae, norm_scale, tokens_BL, valid_B, st)
         )
         feats.append(feats_NF[mask_N])
@@ -304,8 +320,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Evaluates W/sae/<config.sae_name> on held-out contexts and writes W/eval/<name>.json."""
     t_start = time.time()
     cfg = eval_config_from(config)
-    if jax.process_count() > 1:  # every process would walk the same windows: double counting
-        raise ValueError("monosem-eval runs as a single process; launch it on one host")
+    mesh = parallel.make_mesh()  # every process's devices: contexts split over 'data'
+    parallel.check_batch(mesh, cfg.batch_size)
     model_cfg, lm_params, lm_step = gpt_artifact.load_trained(workdir)
     sae = sae_artifact.load_sae(workdir, cfg.sae_name)  # "" = the pipeline's SAE
     data_dir = os.path.join(workdir, "data")
@@ -324,8 +340,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:  # one dummy concept keeps the batch shapes; its counts are never computed
         labels_WL = np.zeros(windows_WL.shape, np.uint32)
     st = EvalStatic(model_cfg, sae.hook, mlp_hook_of(sae.hook), first, with_concepts)
-    # Contexts split over the mesh's devices, everything else replicated (one process).
-    mesh = parallel.make_mesh()
+    # Contexts split over the mesh's devices (all processes'), everything else replicated.
     lm_params, sae, norm_scale = jax.device_put(
         (lm_params, sae, jnp.float32(sae.norm_scale)), parallel.replicated(mesh)
     )
@@ -345,7 +360,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          windows_WL.shape[0], rate)
 
     out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
     summary = {
         "sae_name": sae.name,
         "variant": sae.sae_cfg.variant,
@@ -370,8 +384,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         summary.update(_no_concepts(split.labels_N is None))
     density_F = totals["fires_F"] / totals["n"]
     png = os.path.join(out_dir, f"{sae.name}_density.png")
-    density_plot(png, density_F, f"{sae.name} @ {sae.hook}, {int(totals['n'])} eval tokens")
-    np.savez(os.path.join(out_dir, f"{sae.name}_features.npz"), density_F=density_F, **per_feature)
+    if distributed.is_primary():  # every process holds the same totals; one writes them
+        os.makedirs(out_dir, exist_ok=True)
+        density_plot(png, density_F, f"{sae.name} @ {sae.hook}, {int(totals['n'])} eval tokens")
+        np.savez(os.path.join(out_dir, f"{sae.name}_features.npz"), density_F=density_F,
+                 **per_feature)
     summary["density_png"] = png
     summary["wall_s"] = time.time() - t_start
     return metrics_io.finish_summary(os.path.join(out_dir, f"{sae.name}.json"), summary)
