@@ -1,7 +1,8 @@
 """The one mesh helper: a ('data', 'model') mesh with Auto axis types, and batch placement.
 
 jax 0.10's `make_mesh` defaults to Explicit axes, which breaks vmapped sweeps, so the axis types
-are always given. Batches enter as global arrays built from each process's local rows.
+are always given. A batch is the same global batch in every process (a pure function of (seed,
+step)); each process copies only its own devices' rows (`place`).
 """
 
 from __future__ import annotations
@@ -41,15 +42,11 @@ def check_batch(mesh: jax.sharding.Mesh, batch_size: int) -> None:
         )
 
 
-def global_batch(mesh: jax.sharding.Mesh, local_batch: np.ndarray) -> jax.Array:
-    """A global array from this process's rows (the whole batch on a single host)."""
-    data_size = mesh.shape["data"]
-    if (local_batch.shape[0] * jax.process_count()) % data_size:
-        raise ValueError(
-            f"batch of {local_batch.shape[0]} rows per host does not split over {data_size} "
-            "data-parallel devices; choose a batch size divisible by the device count"
-        )
-    return jax.make_array_from_process_local_data(data_sharding(mesh), local_batch)
+def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
+    """The global batch (every process holds it whole: batches are pure functions of (seed,
+    step)) as one array split over 'data'; each process copies only its own devices' rows."""
+    check_batch(mesh, batch.shape[0])
+    return place(batch, data_sharding(mesh))
 
 
 def place(value, sharding: NamedSharding) -> jax.Array:

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import checkpoint, metrics_io, parallel
+from monosem_jax import checkpoint, distributed, metrics_io, parallel
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import context_probe, data
 from monosem_jax.gpt import model as gpt_model
@@ -40,6 +40,8 @@ def write_samples(path, tok, params, model_cfg, cfg: gpt_step.TrainConfig) -> li
         if eot in row:  # a sample ends at its end-of-text token
             row = row[: row.index(eot)]
         texts.append(tok.decode(row))
+    if not distributed.is_primary():
+        return texts
     with open(path, "w") as f:
         f.write("\n\n".join(f"--- sample {i} ---\n{t}" for i, t in enumerate(texts)) + "\n")
     return texts
@@ -80,9 +82,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     # Later stages (capture, eval, steer) rebuild the model from this file and the checkpoint.
-    metrics_io.write_json_atomic(os.path.join(lm_dir, "model.json"), dataclasses.asdict(model_cfg))
+    if distributed.is_primary():
+        metrics_io.write_json_atomic(os.path.join(lm_dir, "model.json"),
+                                     dataclasses.asdict(model_cfg))
     mesh = parallel.make_mesh()
-    state = jax.device_put(gpt_step.init_state(model_cfg, cfg), parallel.replicated(mesh))
+    replicated = parallel.replicated(mesh)
+    state = jax.tree.map(lambda a: parallel.place(a, replicated),
+                         jax.device_get(gpt_step.init_state(model_cfg, cfg)))
     ckpt = checkpoint.Checkpointer(
         os.path.join(lm_dir, "checkpoints"),
         save_every=cfg.checkpoint_every,
@@ -142,12 +148,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_loss = gpt_step.evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size, mesh)
     writer.write(cfg.steps, eval_loss=eval_loss)
     _check_finite(cfg.steps, {"loss": eval_loss, "grad_norm": 0.0})
-    samples = write_samples(
-        os.path.join(lm_dir, "samples.txt"), tok, state["params"], model_cfg, cfg
-    )
+    # The analyses below run whole on each process's own device (a few batches each).
+    params = parallel.to_host(state["params"]) if distributed.is_multiprocess() else state["params"]
+    samples = write_samples(os.path.join(lm_dir, "samples.txt"), tok, params, model_cfg, cfg)
     logging.info("sample: %s", samples[0][:300] if samples else "")
     summary = {
-        "params": gpt_model.num_params(state["params"]),
+        "params": gpt_model.num_params(params),
         "steps": cfg.steps,
         "resumed_from_step": start_step,
         "tokens": cfg.steps * tokens_per_step,
@@ -163,10 +169,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary["eval_over_unigram"] = summary["eval_loss"] / summary["unigram_entropy"]
     # Does the model use its context? (experiments/topic_context_gain.py prints the same.)
     summary["loss_by_position"] = context_probe.loss_by_position(
-        model_cfg, state["params"], eval_WL1, cfg.batch_size)
+        model_cfg, params, eval_WL1, cfg.batch_size)
     if model_cfg.context_len + 1 >= context_probe.ProbeConfig().score_end:
         summary.update(context_probe.topic_context_gain(
-            model_cfg, state["params"], eval_split, meta.get("concepts") or ()))
+            model_cfg, params, eval_split, meta.get("concepts") or ()))
     else:  # the probe's windows (64 tokens) do not fit a smoke-sized context
         summary["topic_context_gain"] = None
     return metrics_io.finish_summary(summary_path, summary)
