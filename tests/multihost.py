@@ -54,7 +54,8 @@ def wait(procs: list[subprocess.Popen], timeout: float) -> list[Result]:
             for p in procs:
                 p.kill()
             out, err = proc.communicate()
-            raise AssertionError(f"multi-host run did not finish in {timeout} s:\n{err[-3000:]}")
+            raise AssertionError(
+                f"multi-host run did not finish in {timeout} s:\n{err[-3000:]}") from None
         results.append(Result(proc.returncode, out, err))
     return results
 

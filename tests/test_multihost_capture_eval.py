@@ -159,3 +159,28 @@ def test_two_process_eval_equals_one_process(sae_workdir, tmp_path):
                 for w in (ref_workdir, workdir)]
     for name in features[0].files:
         np.testing.assert_allclose(features[1][name], features[0][name], rtol=1e-4, atol=1e-7)
+
+
+def test_two_process_capture_sae_eval_end_to_end(sae_workdir, smoke_lm_workdir, tmp_path):
+    """The smoke pipeline's capture -> SAE -> eval, each stage a 2-process x 4-device cluster
+    (the SAE's dictionary sharded over 4 'model' devices), ends at the 1-process figures: the same
+    store, the same SAE to float32 tolerance, the same eval figures."""
+    from monosem_jax.sae import artifact as sae_artifact
+
+    workdir = _copy(smoke_lm_workdir, tmp_path / "two")
+    multihost.run("monosem_jax.activations.main", [f"--workdir={workdir}", *CAPTURE], timeout=120)
+    assert_same_store(sae_workdir, workdir)
+    sae = ["--config=" + cli.default_config("sae/default.py") + ":smoke",
+           "--config.model_parallel=4"]
+    multihost.run("monosem_jax.sae.main", [f"--workdir={workdir}", *sae], timeout=180)
+    got_sae, ref_sae = (sae_artifact.load_sae(w, "topk") for w in (workdir, sae_workdir))
+    for name in ref_sae.params:
+        np.testing.assert_allclose(got_sae.params[name], ref_sae.params[name], rtol=1e-3,
+                                   atol=1e-5, err_msg=name)
+    multihost.run("monosem_jax.analysis.eval_main", [f"--workdir={workdir}", *EVAL], timeout=180)
+    ref = evaluate.evaluate(eval_default.get_config("smoke"), _copy(sae_workdir, tmp_path / "one"))
+    with open(os.path.join(workdir, "eval", f"{ref['sae_name']}.json")) as f:
+        got = json.load(f)
+    assert got["eval_tokens"] == ref["eval_tokens"] > 0
+    for key in ("explained_variance", "ce_loss_recovered", "l0", "dead_fraction"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-3, abs=1e-5), key
