@@ -96,8 +96,9 @@ def load_run(run_dir: str) -> TrainedSAE:
     if step is None:
         raise FileNotFoundError(f"SAE run {run_dir} has no checkpoint; train it first")
     abstract = jax.eval_shape(lambda: sae_step.init_state(sae_cfg, jax.random.key(0)))
-    # Replicated over this process's mesh, like the LM.
-    state, _ = ckpt.restore(
+    # Replicated over this process's mesh, like the LM; only the SAE's state (a run trained with
+    # source "lm" also saved its feed's buffer beside it).
+    state = ckpt.restore_part(
         checkpoint.with_sharding(abstract, parallel.replicated(parallel.make_mesh())), step
     )
     ckpt.close()
