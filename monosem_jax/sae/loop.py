@@ -24,6 +24,7 @@ from absl import logging
 
 from monosem_jax import checkpoint, metrics_io, parallel
 from monosem_jax.activations import reader as reader_lib
+from monosem_jax.sae import lm_feed
 from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
 
@@ -134,6 +135,8 @@ def open_feed(cfg: sae_run.TrainConfig, workdir: str, mesh):
     """The feed `cfg.source` names, with the run's data seed (`data_seed`, or the seed)."""
     data_seed = cfg.data_seed if cfg.data_seed >= 0 else cfg.seed
     parallel.check_batch(mesh, cfg.batch_size)
+    if cfg.source == "lm":
+        return lm_feed.LMFeed(cfg, workdir, data_seed, mesh)
     return StoreFeed(cfg, cfg.training_store(workdir), data_seed, mesh)
 
 

@@ -56,6 +56,10 @@ class TrainConfig:
     log_every: int
     checkpoint_every: int
     recorded: dict  # the config as JSON (without the sweep), recorded in each run's config.json
+    # source "lm" only (sae/lm_feed.py); defaults for configs written before it existed
+    lm_buffer_batches: int = 8
+    lm_positions_per_context: int = 0
+    lm_exclude_first: bool = True
 
     def __post_init__(self):
         stage_config.check(self.sparse_capacity >= -1, "sparse_capacity", self.sparse_capacity,
@@ -66,6 +70,8 @@ class TrainConfig:
         stage_config.check(self.d_sae % self.model_parallel == 0, "model_parallel",
                            self.model_parallel, f"a divisor of d_sae ({self.d_sae})")
         stage_config.one_of("source", self.source, SOURCES)
+        stage_config.positive(self, ("lm_buffer_batches",))
+        stage_config.non_negative(self, ("lm_positions_per_context",), note="0 = all")
         stage_config.one_of("variant", self.variant, sae_model.VARIANTS)
 
     @classmethod

@@ -75,6 +75,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # "lm" (the trained LM's hook activations computed in the same jitted program as the SAE
     # step, through an on-device shuffle buffer: no store on disk).
     config.source = "store"
+    # source "lm" (held-out rows: the eval split's first eval_rows rows): the shuffle buffer, in
+    # batches (lm_buffer_batches x batch_size rows, on every device and in every checkpoint); a
+    # row stays in it a geometric number of steps, this many on average
+    config.lm_buffer_batches = 8
+    # source "lm": which positions of each fresh context give rows (capture's meaning: 0 = all
+    # positions, n = n random per context; position 0, the attention sink, excluded)
+    config.lm_positions_per_context = 0
+    config.lm_exclude_first = True
 
     config.eval_rows = 65536  # held-out rows (the store's last rows), never trained on
     config.shuffle_blocks = 8  # shuffle buffer, in shards
