@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import flags
+from absl import flags, logging
 
 _ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
         "process_id": "JAX_PROCESS_ID"}
@@ -81,6 +81,12 @@ def initialize(flag_values: flags.FlagValues) -> None:
     # collectives); GPUs and TPUs use their own and ignore it.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**args, initialization_timeout=120)
+    if jax.config.jax_compilation_cache_dir and jax.default_backend() == "cpu":
+        # A persistent cache shared by the processes of a CPU cluster hands one process's
+        # executable to another, and their gloo collectives then wait on each other forever
+        # (seen with jax 0.10.2: a 2-process eval that hangs once its programs are cached).
+        logging.warning("multi-host CPU run: the persistent compilation cache is off")
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 def is_multiprocess() -> bool:
@@ -99,3 +105,17 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def primary_then_all(name: str, fn, read_result, timeout_s: float = 24 * 3600):
+    """`fn()` on process 0 alone (work that writes shared files and needs no other process:
+    corpus preparation, the browser, the report); the others wait for it at the runtime's own
+    barrier (no device collective, so a long wait is fine) and then `read_result()` what it
+    wrote. With one process, just `fn()`."""
+    if not is_multiprocess():
+        return fn()
+    result = fn() if is_primary() else None
+    from jax._src import distributed as runtime  # the coordination service's named barrier
+
+    runtime.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+    return result if is_primary() else read_result()

@@ -37,8 +37,9 @@ def check_batch(mesh: jax.sharding.Mesh, batch_size: int) -> None:
     """A global batch of `batch_size` rows splits evenly over the mesh's 'data' axis."""
     if batch_size % mesh.shape["data"]:
         raise ValueError(
-            f"batch_size {batch_size} does not split over the {mesh.shape['data']} "
-            "data-parallel devices; choose a multiple of that count"
+            f"a batch of {batch_size} rows does not split over {mesh.shape['data']} "
+            "data-parallel devices; choose a batch size divisible by the device count on the "
+            "'data' axis"
         )
 
 

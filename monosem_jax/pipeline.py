@@ -20,7 +20,7 @@ from collections.abc import Callable
 import ml_collections
 from absl import logging
 
-from monosem_jax import cli, config_values, metrics_io, report
+from monosem_jax import cli, config_values, distributed, metrics_io, report
 from monosem_jax.activations import capture
 from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
@@ -34,6 +34,9 @@ class Stage:
     name: str  # also the folder W/<name> holding its summary.json
     sections: tuple[str, ...]  # config sections that determine its output
     run: Callable[[ml_collections.ConfigDict, str], dict]
+    # Several processes (jax.distributed): process 0 runs it alone and the others read its
+    # summary; the other stages run on every process, sharing the work.
+    primary_only: bool = False
 
 
 def _lm_stage(config, workdir):
@@ -97,16 +100,17 @@ def _report_stage(config, workdir):
 
 
 STAGES = (
-    Stage("corpus", ("corpus", "tokenizer"), prepare.prepare),
+    Stage("corpus", ("corpus", "tokenizer"), prepare.prepare, primary_only=True),
     Stage("lm", ("corpus", "tokenizer", "lm"), _lm_stage),
     Stage("acts", ("corpus", "tokenizer", "lm", "capture"), _capture_stage),
     Stage("sae", ("corpus", "tokenizer", "lm", "capture", "sae"), _sae_stage),
     Stage("eval", ("corpus", "tokenizer", "lm", "capture", "sae", "eval"), _eval_stage),
-    Stage("browser", ("corpus", "tokenizer", "lm", "capture", "sae", "browse"), _browse_stage),
+    Stage("browser", ("corpus", "tokenizer", "lm", "capture", "sae", "browse"), _browse_stage,
+          primary_only=True),
     Stage("compare", ("corpus", "tokenizer", "lm", "capture", "sae", "eval", "compare_variants"),
           _compare_stage),
     Stage("report", ("corpus", "tokenizer", "lm", "capture", "sae", "eval", "browse",
-                     "compare_variants"), _report_stage),
+                     "compare_variants"), _report_stage, primary_only=True),
 )
 
 
@@ -137,8 +141,22 @@ def check_stage_config(config, workdir: str, stage: Stage) -> bool:
                 f"{workdir} holds a '{stage.name}' stage made with a different config ({diff}); "
                 "use a new --workdir or the original config"
             )
-    metrics_io.write_json_atomic(path, wanted)  # also records keys added since
+    if distributed.is_primary():
+        metrics_io.write_json_atomic(path, wanted)  # also records keys added since
     return first
+
+
+def _run_stage(stage: Stage, config, workdir: str) -> dict:
+    if not stage.primary_only:
+        return stage.run(config, workdir)
+    return distributed.primary_then_all(
+        f"pipeline.{stage.name}", lambda: stage.run(config, workdir),
+        lambda: metrics_io.read_json(os.path.join(workdir, STAGE_SUMMARIES[stage.name])))
+
+
+# Where each primary-only stage leaves its summary (the other processes read it there).
+STAGE_SUMMARIES = {"corpus": "corpus/summary.json", "browser": "browser/summary.json",
+                   "report": "report/summary.json"}
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -151,18 +169,19 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("=== stage %d/%d: %s ===", i + 1, len(STAGES), stage.name)
         t_stage = time.time()
         try:
-            summaries[stage.name] = stage.run(config, workdir)
+            summaries[stage.name] = _run_stage(stage, config, workdir)
         except Exception:
             # A first attempt that fails (a config value the stage rejects, a bad input file)
             # takes its record back, so the corrected command is not refused as "a different
             # config". A killed stage keeps its record, and so do the stage's own outputs,
             # which check their configs themselves (store spec, SAE run config.json).
-            if first:
+            if first and distributed.is_primary():
                 os.remove(_record_path(workdir, stage))
             raise
         logging.info("stage %s done in %.1fs", stage.name, time.time() - t_stage)
     summary = {**summaries, "wall_s": time.time() - t_start}
-    metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    if distributed.is_primary():
+        metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary
 
