@@ -16,7 +16,7 @@ the default SAE on that store, and the default SAE with source "lm" (same steps 
 The last stdout line is one JSON object: capture rows/s, each path's SAE tokens/s (the loop's
 steady rate, first step excluded) and end-to-end tokens/s (SAE tokens over the stages' wall
 time: capture + store SAE, or the lm run alone), both SAEs' held-out EV on the same rows (the eval
-split's, each SAE in its own input units), and the load average before and after.
+split's, each SAE in its own input units), and the load averages before and after each stage.
 """
 
 from __future__ import annotations
@@ -125,8 +125,11 @@ def main(argv=None) -> dict:
         t = time.time()
         cap = capture.capture(cap_config, workdir)
         capture_wall = time.time() - t
+        load = {"before": load_before, "after_capture": os.getloadavg()}
         store = sae_train.train_sae(sae_config(name="store", source="store"), workdir)
+        load["after_store_sae"] = os.getloadavg()
         lm = sae_train.train_sae(sae_config(name="lm", source="lm"), workdir)
+        load["after_lm_sae"] = os.getloadavg()
         ev = held_out_ev(sae_config(source="lm"), workdir, ("store", "lm"))
         cfg = sae_run.TrainConfig.from_config(sae_config(source="lm"))
         sae_tokens = cfg.steps * cfg.batch_size
@@ -154,8 +157,7 @@ def main(argv=None) -> dict:
             "held_out_ev_store": ev["store"],
             "held_out_ev_lm": ev["lm"],
             "ev_delta_lm_minus_store": ev["lm"] - ev["store"],
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
+            "loadavg": load,  # 1, 5 and 15 min load averages (the machine is shared)
         }
         result["lm_over_store_sae"] = (result["lm_sae_tokens_per_s"]
                                        / result["store_sae_tokens_per_s"])
