@@ -24,11 +24,11 @@ from monosem_jax.sae import step as sae_step
 
 HOOK = "blocks.0.hook_resid_post"
 D, ROWS, SHARD = 16, 8192, 1024
-STEPS = 200
+STEPS = 120
 CONFIG = [
     f"--config={cli.default_config('sae/default.py')}:smoke", f"--config.steps={STEPS}",
     "--config.d_sae=128", "--config.k=8", "--config.k_start=8", "--config.batch_size=256",
-    "--config.eval_rows=1024", "--config.checkpoint_every=25", "--config.log_every=25",
+    "--config.eval_rows=1024", "--config.checkpoint_every=20", "--config.log_every=20",
 ]
 SHARDED = ["--config.model_parallel=4"]  # 8 devices: (data 2, model 4)
 
@@ -81,7 +81,7 @@ def test_two_processes_equal_one_process_and_one_device(two_process_run, tmp_pat
     summaries = [_summary(w) for w in (workdir, eight, one)]
     assert [s["step_compilations"] for s in summaries] == [1, 1, 1]
     evs = [s["explained_variance"] for s in summaries]
-    assert max(evs) - min(evs) < 1e-5 and evs[0] > 0.9
+    assert max(evs) - min(evs) < 1e-5 and evs[0] > 0.85
 
 
 def test_killed_process_stops_both_and_rerun_resumes(two_process_run, tmp_path):
@@ -89,7 +89,7 @@ def test_killed_process_stops_both_and_rerun_resumes(two_process_run, tmp_path):
     workdir = _store(tmp_path)
     args = [f"--workdir={workdir}", *CONFIG, *SHARDED]
     procs = multihost.start("monosem_jax.sae.main", args)
-    first_checkpoint = os.path.join(workdir, "sae", "topk", "checkpoints", "50")
+    first_checkpoint = os.path.join(workdir, "sae", "topk", "checkpoints", "40")
     deadline = time.monotonic() + 120
     while not os.path.exists(first_checkpoint) and time.monotonic() < deadline:
         assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
@@ -105,7 +105,7 @@ def test_killed_process_stops_both_and_rerun_resumes(two_process_run, tmp_path):
 
     results = multihost.run("monosem_jax.sae.main", args)
     summary = _summary(workdir)
-    assert 50 <= summary["resumed_from_step"] < STEPS
+    assert 40 <= summary["resumed_from_step"] < STEPS
     assert "resuming SAE topk from checkpoint" in results[1].stderr
     got, ref = _params(workdir), _params(reference)
     for name in ref:  # resume is exact: the same program, data order and checkpointed state

@@ -171,7 +171,7 @@ def train_members(cfg: sae_run.TrainConfig, feed, specs: list[sae_run.RunSpec], 
             start = int(np.asarray(jax.device_get(states["step"])).reshape(-1)[0])
             label = specs[0].name if single else f"sweep {os.path.basename(out_dir)}"
             logging.info("resuming SAE %s from checkpoint at step %d", label, start)
-        if not carry:
+        if carry is None:
             carry = feed.initial_carry(start)
         try:
             return _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt,
