@@ -84,7 +84,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.lm_positions_per_context = 0
     config.lm_exclude_first = True
 
-    config.eval_rows = 65536  # held-out rows (the store's last rows), never trained on
+    config.eval_rows = 65536  # held-out rows (the store's last rows; source lm: see above)
     config.shuffle_blocks = 8  # shuffle buffer, in shards
     config.prefetch = 2  # shards read ahead in a background thread
     config.log_every = 50
