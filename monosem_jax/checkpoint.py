@@ -17,15 +17,25 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """Save/restore `(state, meta)` pairs under one directory."""
 
-    def __init__(self, directory: str | os.PathLike, *, save_every: int, max_to_keep: int = 2):
+    def __init__(self, directory: str | os.PathLike, *, save_every: int, max_to_keep: int = 2,
+                 this_process_only: bool = False):
+        """`this_process_only`: this process reads (or writes) alone, in a multi-process run too
+        (an artifact loader, which a stage run by process 0 alone calls); by default every
+        process takes part, as Orbax's sharded saves and restores need."""
         if save_every <= 0:
             raise ValueError(f"checkpoint interval must be positive, got {save_every}")
         self.directory = os.path.abspath(os.fspath(directory))
+        if this_process_only:
+            os.makedirs(self.directory, exist_ok=True)
+        me = jax.process_index()
+        alone = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             save_interval_steps=save_every,
             enable_async_checkpointing=True,
-            create=True,
+            create=not this_process_only,  # Orbax leaves a subset's folder to the caller
+            **({"multiprocessing_options": alone} if this_process_only else {}),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 

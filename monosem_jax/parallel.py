@@ -24,6 +24,12 @@ def make_mesh(model_parallel: int = 1, devices=None) -> jax.sharding.Mesh:
     )
 
 
+def local_mesh() -> jax.sharding.Mesh:
+    """This process's own devices as a (data, model) mesh: what a process loads or computes
+    without the others (artifacts, analyses run by process 0 alone)."""
+    return make_mesh(devices=jax.local_devices())
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -341,9 +341,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         labels_WL = np.zeros(windows_WL.shape, np.uint32)
     st = EvalStatic(model_cfg, sae.hook, mlp_hook_of(sae.hook), first, with_concepts)
     # Contexts split over the mesh's devices (all processes'), everything else replicated.
-    lm_params, sae, norm_scale = jax.device_put(
-        (lm_params, sae, jnp.float32(sae.norm_scale)), parallel.replicated(mesh)
-    )
+    # The loaders place on this process's devices; here the values go onto the whole mesh.
+    lm_params, sae, norm_scale = jax.tree.map(
+        lambda a: parallel.place(np.asarray(a), parallel.replicated(mesh)),
+        (lm_params, sae, np.float32(sae.norm_scale)))
 
     aux = _thresholds_and_shifts(lm_params, sae, norm_scale, windows_WL, cfg, st, mesh)
     aux = jax.device_put(aux, parallel.replicated(mesh))

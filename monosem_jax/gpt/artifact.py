@@ -23,14 +23,15 @@ def load_trained(workdir: str) -> tuple[gpt_model.GPTConfig, dict, int]:
             f"no trained LM in {lm_dir}; run monosem-train-lm (or monosem-pipeline) first"
         )
     model_cfg = gpt_model.GPTConfig(**metrics_io.read_json(model_path))
-    ckpt = checkpoint.Checkpointer(ckpt_dir, save_every=1)
+    ckpt = checkpoint.Checkpointer(ckpt_dir, save_every=1, this_process_only=True)
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"no LM checkpoint in {ckpt_dir}; run the LM stage first")
-    # Restore replicated onto this process's devices, whatever topology saved it.
+    # Restore replicated onto this process's own devices, whatever topology saved it (no other
+    # process takes part: a stage that runs on process 0 alone, like the browser, loads it too).
     abstract = checkpoint.with_sharding(
         {"params": jax.eval_shape(lambda: gpt_model.init_params(model_cfg, jax.random.key(0)))},
-        parallel.replicated(parallel.make_mesh()),
+        parallel.replicated(parallel.local_mesh()),
     )
     params = ckpt.restore_part(abstract, step)["params"]
     ckpt.close()

@@ -91,15 +91,16 @@ def load_run(run_dir: str) -> TrainedSAE:
         raise FileNotFoundError(f"{run_dir} is not an SAE run (no config.json)")
     recorded = metrics_io.read_json(config_path)
     sae_cfg = sae_model.SAEConfig(**recorded["sae_config"])
-    ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=1)
+    ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), save_every=1,
+                                   this_process_only=True)
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"SAE run {run_dir} has no checkpoint; train it first")
     abstract = jax.eval_shape(lambda: sae_step.init_state(sae_cfg, jax.random.key(0)))
-    # Replicated over this process's mesh, like the LM; only the SAE's state (a run trained with
-    # source "lm" also saved its feed's buffer beside it).
+    # Replicated over this process's own devices, like the LM; only the SAE's state (a run
+    # trained with source "lm" also saved its feed's buffer beside it).
     state = ckpt.restore_part(
-        checkpoint.with_sharding(abstract, parallel.replicated(parallel.make_mesh())), step
+        checkpoint.with_sharding(abstract, parallel.replicated(parallel.local_mesh())), step
     )
     ckpt.close()
     hp = sae_step.default_hparams(sae_cfg, **typed_hparams(recorded["hparams"]))
