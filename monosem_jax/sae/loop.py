@@ -3,7 +3,10 @@ one compiled program (`sweep.sweep`).
 
 Every batch is read once and fed to all members; the data order is a pure function of
 (data_seed, step), so a run killed at any point resumes from its last checkpoint and ends where an
-uninterrupted run ends. How N members share the program is a strategy, because the fastest
+uninterrupted run ends. Rows come from a feed (a captured store, `StoreFeed`, or the LM itself,
+sae/lm_feed.py); the state lives on a (data, model) mesh over every process's devices, the
+dictionary's latents over 'model' and each batch over 'data' (BUILD.md, "Multi-device and
+multi-host"). How N members share the program is a strategy, because the fastest
 differs by backend (experiments/README.md, bench_sweep.py):
 
   single  one member, unstacked (a run of its own)
