@@ -67,10 +67,10 @@ def batch_top_k(z_BF: jax.Array, num_s: int) -> tuple[jax.Array, jax.Array]:
     rows, num_g = num_b // n, num_f // m
     if m * n == 1 or rows * num_g < num_s:
         return jax.lax.top_k(z_BF.reshape(-1), num_s)
-    # [data blocks, rows, model blocks, latents]: one block per device of the (data, model) mesh
-    z_nBmG = jax.lax.with_sharding_constraint(z_BF.reshape(n, rows, m, num_g),
+    # [n data blocks, a block's rows, m model blocks, a block's latents]: one block per device
+    z_ABAG = jax.lax.with_sharding_constraint(z_BF.reshape(n, rows, m, num_g),
                                               P(DATA_AXIS, None, MODEL_AXIS, None))
-    z_AX = z_nBmG.transpose(0, 2, 1, 3).reshape(n * m, rows * num_g)  # X: a block's entries
+    z_AX = z_ABAG.transpose(0, 2, 1, 3).reshape(n * m, rows * num_g)  # X: a block's entries
     vals_AS, local_AS = jax.lax.top_k(z_AX, num_s)
     block_A = jnp.arange(n * m)
     row_AS = local_AS // num_g + (block_A // m * rows)[:, None]
