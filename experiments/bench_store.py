@@ -24,6 +24,7 @@ from absl import app, flags
 
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.activations import store as store_lib
+from monosem_jax.activations import store_writer
 from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import loop as sae_loop
 from monosem_jax.sae import run as sae_run
@@ -41,7 +42,7 @@ def synthetic_store(root: str, rows: int, d: int, hook: str = "bench") -> store_
     """A finished float32 store of Gaussian rows (reading speed does not depend on values)."""
     spec = store_lib.StoreSpec(store_lib.kvstore_for(root), hook, d, "float32", 65536)
     x_RD = np.random.default_rng(0).standard_normal((rows, d), np.float32)
-    return store_lib.write_array(spec, x_RD, {"synthetic": True})
+    return store_writer.write_array(spec, x_RD, {"synthetic": True})
 
 
 def reader_rows_per_s(st: store_lib.Store, batch_size: int, batches: int, seed: int) -> float:

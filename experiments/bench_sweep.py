@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import monosem_jax
-from monosem_jax.activations import store
+from monosem_jax.activations import store, store_writer
 from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import sweep as sae_sweep
 
@@ -57,7 +57,7 @@ def main(argv):
             spec = store.StoreSpec(store.kvstore_for(root), sae_default.get_config().hook, 128,
                                    "float32", 65536)
             x_RD = np.random.default_rng(0).standard_normal((ROWS.value, 128), np.float32)
-            store.write_array(spec, x_RD, {"synthetic": True})
+            store_writer.write_array(spec, x_RD, {"synthetic": True})
         members = sae_sweep.parse_grid(GRID)
         t = time.perf_counter()
         for i, member in enumerate(members):

@@ -41,6 +41,7 @@ from absl import logging  # noqa: E402
 
 import monosem_jax  # noqa: E402
 from monosem_jax.activations import store as store_lib  # noqa: E402
+from monosem_jax.activations import store_writer  # noqa: E402
 from monosem_jax.configs.sae import default as sae_default  # noqa: E402
 
 HOOK = "ground_truth"
@@ -142,7 +143,7 @@ def build_store(root: str, gen: dict) -> tuple[tuple, dict]:
             return (feats, logw, fscale), info
     t0 = time.time()
     spec = store_lib.StoreSpec(kv, HOOK, gen["d"], "float32", 16_384)
-    writer = store_lib.StoreWriter(spec, attrs, overwrite=True)
+    writer = store_writer.StoreWriter(spec, attrs, overwrite=True)
     counts = None
     # counts is cumulative: its last value, used after the loop, is the whole store's tally.
     for x, counts in generate_rows(gen, feats, logw, fscale, rng):  # noqa: B007

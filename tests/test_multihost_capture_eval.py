@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from monosem_jax import cli
-from monosem_jax.activations import capture, store
+from monosem_jax.activations import capture, store, store_writer
 from monosem_jax.analysis import evaluate
 from monosem_jax.configs.capture import default as capture_default
 from monosem_jax.configs.eval import default as eval_default
@@ -76,11 +76,11 @@ def killed_capture(ref_workdir, workdir, committed):
     ref = store.open_store(_root(ref_workdir), HOOK)
     attributes = {k: v for k, v in ref.attributes.items() if k not in ("rows", "norm_scale")}
     spec = store.StoreSpec(_root(workdir), HOOK, ref.d, ref.dtype, ref.rows_per_shard)
-    writer = store.StoreWriter(spec, attributes)
+    writer = store_writer.StoreWriter(spec, attributes)
     writer.reserve(ref.rows)
     writer._arrays["acts"][: ref.rows].write(np.full((ref.rows, ref.d), -7, np.float32)).result()
     for start, stop in committed:
-        writer = store.StoreWriter(spec, attributes, segment_start=start)
+        writer = store_writer.StoreWriter(spec, attributes, segment_start=start)
         meta = ref.read_meta(start, stop)
         writer.append(ref.read_rows(start, stop), meta["token_id"], meta["doc_id"],
                       meta["position"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from monosem_jax import cli, metrics_io, parallel
-from monosem_jax.activations import store
+from monosem_jax.activations import store, store_writer
 from monosem_jax.sae import artifact as sae_artifact
 from monosem_jax.sae import loop as sae_loop
 from monosem_jax.sae import main as sae_main
@@ -40,7 +40,7 @@ def _store(workdir):
     x = (rng.exponential(1.0, (ROWS, 48)) * (rng.random((ROWS, 48)) < 0.08)) @ dirs
     spec = store.StoreSpec(store.kvstore_for(os.path.join(workdir, "acts")), HOOK, D, "float32",
                            SHARD)
-    store.write_array(spec, x.astype(np.float32), {"test": True})
+    store_writer.write_array(spec, x.astype(np.float32), {"test": True})
     return str(workdir)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from monosem_jax.activations import store as S
+from monosem_jax.activations import store_writer as W
 from monosem_jax.activations.reader import ActivationReader, ReaderConfig
 
 ROWS, D, SHARD, EVAL, BATCH = 1000, 8, 64, 100, 32  # 900 train rows: 14 full blocks + 4 rows
@@ -16,7 +17,7 @@ ROWS, D, SHARD, EVAL, BATCH = 1000, 8, 64, 100, 32  # 900 train rows: 14 full bl
 def store() -> S.Store:
     root = {"driver": "memory", "path": "test_reader/"}
     spec = S.StoreSpec(root, "blocks.0.hook_resid_post", D, "float32", SHARD)
-    writer = S.StoreWriter(spec, {"lm_step": 1}, overwrite=True)
+    writer = W.StoreWriter(spec, {"lm_step": 1}, overwrite=True)
     x_RD = np.random.default_rng(0).standard_normal((ROWS, D)).astype(np.float32)
     ids = np.arange(ROWS, dtype=np.int32)
     writer.append(x_RD, ids, ids, ids)

@@ -18,7 +18,7 @@ import tensorstore as ts
 import monosem_jax
 from monosem_jax import checkpoint
 from monosem_jax.activations import reader as reader_lib
-from monosem_jax.activations import store
+from monosem_jax.activations import store, store_writer
 from monosem_jax.configs.sae import default as sae_default
 from monosem_jax.sae import artifact as sae_artifact
 from monosem_jax.sae import metrics as sae_metrics
@@ -40,7 +40,7 @@ def _write_store(root, nan_block=None):
     codes = rng.exponential(1.0, (ROWS, 64)) * (rng.random((ROWS, 64)) < 0.06)
     x = (codes @ dirs).astype(np.float32)
     spec = store.StoreSpec(store.kvstore_for(root), HOOK, D, "float32", SHARD)
-    store.write_array(spec, x, {"test": True})
+    store_writer.write_array(spec, x, {"test": True})
     if nan_block is not None:
         acts = ts.open(
             {"driver": "zarr3", "kvstore": store.join(spec.kvstore, f"{HOOK}/acts/")},

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from monosem_jax.activations import store as S
+from monosem_jax.activations import store_writer as W
 
 HOOK = "blocks.1.hook_resid_post"
 D = 16
@@ -35,7 +36,7 @@ def spec_at(root, dtype: str = "float32", hook: str = HOOK, d: int = D) -> S.Sto
 
 def write(spec: S.StoreSpec, cuts: list[int], attributes: dict | None = None, **kw) -> dict:
     """Write rows [cuts[0], cuts[-1]) appending one piece per consecutive pair of cuts."""
-    writer = S.StoreWriter(spec, attributes or {"lm_step": 3}, **kw)
+    writer = W.StoreWriter(spec, attributes or {"lm_step": 3}, **kw)
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         writer.append(rows_RD(a, b, spec.d), *meta(a, b))
     return writer.finalize()
@@ -110,7 +111,7 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path):
     n = 517
     clean = write(spec_at(tmp_path / "clean"), UNEVEN)
     spec = spec_at(tmp_path / "crash")
-    writer = S.StoreWriter(spec, {"lm_step": 3})
+    writer = W.StoreWriter(spec, {"lm_step": 3})
     writer.append(rows_RD(0, 150), *meta(0, 150))
     writer.flush()
     assert writer.rows_committed == 150
@@ -128,7 +129,7 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path):
     acts = S._open_array(S._hook_dir(spec.kvstore, HOOK), "acts")  # junk past the counter
     acts = acts.resize(exclusive_max=[max(acts.shape[0], committed + 100), None]).result()
     acts[committed : committed + 100].write(np.full((100, D), -7, np.float32)).result()
-    writer = S.StoreWriter(spec, {"lm_step": 3})
+    writer = W.StoreWriter(spec, {"lm_step": 3})
     assert writer.rows_committed == committed
     for a, b in [(committed, committed + 1), (committed + 1, 400), (400, n)]:
         writer.append(rows_RD(a, b), *meta(a, b))
@@ -142,8 +143,8 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path):
 _KILLED_WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_store import S, meta, rows_RD, spec_at
-writer = S.StoreWriter(spec_at({root!r}), {{"lm_step": 3}}, max_in_flight=2)
+from test_store import W, meta, rows_RD, spec_at
+writer = W.StoreWriter(spec_at({root!r}), {{"lm_step": 3}}, max_in_flight=2)
 a = 0
 while True:
     writer.append(rows_RD(a, a + 37), *meta(a, a + 37))
@@ -163,7 +164,7 @@ def test_sigkill_mid_write_then_resume(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    writer = S.StoreWriter(spec_at(root), {"lm_step": 3})
+    writer = W.StoreWriter(spec_at(root), {"lm_step": 3})
     start = writer.rows_committed
     assert start >= seen[-1]
     n = start + 300
@@ -183,7 +184,7 @@ def test_errors(tmp_path):
     with pytest.raises(S.StoreError, match="dtype='float32', expected 'bfloat16'"):
         S.open_store(tmp_path, HOOK, expect_dtype="bfloat16")
     with pytest.raises(S.StoreError, match="is complete; refusing to overwrite"):
-        S.StoreWriter(spec, {"lm_step": 3})
+        W.StoreWriter(spec, {"lm_step": 3})
     os.rename(tmp_path / HOOK, tmp_path / "blocks.9.hook_resid_post")
     with pytest.raises(S.StoreError, match="hook='blocks.1.hook_resid_post'"):
         S.open_store(tmp_path, "blocks.9.hook_resid_post")
@@ -191,13 +192,13 @@ def test_errors(tmp_path):
 
 def test_writer_mismatch_and_overwrite(tmp_path):
     spec = spec_at(tmp_path)
-    writer = S.StoreWriter(spec, {"lm_step": 3})
+    writer = W.StoreWriter(spec, {"lm_step": 3})
     writer.append(rows_RD(0, 10), *meta(0, 10))
     writer.flush()
     with pytest.raises(S.StoreError, match="dtype=float32"):
-        S.StoreWriter(spec_at(tmp_path, "bfloat16"), {"lm_step": 3})
+        W.StoreWriter(spec_at(tmp_path, "bfloat16"), {"lm_step": 3})
     with pytest.raises(S.StoreError, match="attributes differ in \\['lm_step'\\]"):
-        S.StoreWriter(spec, {"lm_step": 4})
+        W.StoreWriter(spec, {"lm_step": 4})
     assert write(spec, [10, 100])["rows"] == 100  # resumes after the 10 committed rows
     summary = write(spec_at(tmp_path, d=8), [0, 50], overwrite=True)
     assert summary["rows"] == 50 and S.open_store(tmp_path, HOOK, expect_d=8).rows == 50
@@ -238,18 +239,18 @@ def test_segments_written_apart_merge_into_one_writers_store(tmp_path):
     n, cut = 517, 3 * SHARD
     clean = write(spec_at(tmp_path / "clean"), UNEVEN)
     spec = spec_at(tmp_path / "apart")
-    first = S.StoreWriter(spec, {"lm_step": 3})
+    first = W.StoreWriter(spec, {"lm_step": 3})
     first.reserve(n)  # as process 0 does before any process writes
     for start, stop in [(cut, n), (0, cut)]:  # the later segment may well finish first
-        writer = S.StoreWriter(spec, {"lm_step": 3}, segment_start=start)
+        writer = W.StoreWriter(spec, {"lm_step": 3}, segment_start=start)
         writer.append(rows_RD(start, stop), *meta(start, stop))
         writer.flush()
     assert {s.start: s.rows for s in S.read_segments(spec.kvstore, HOOK)} == {0: cut, cut: n}
     assert not S.is_complete(spec.kvstore, HOOK)
-    merged = S.complete(spec, expect_rows=n)
+    merged = W.complete(spec, expect_rows=n)
     assert merged["rows"] == clean["rows"] and merged["checksums"] == clean["checksums"]
     assert merged["norm_scale"] == pytest.approx(clean["norm_scale"], rel=1e-12)
     assert [s.start for s in S.read_segments(spec.kvstore, HOOK)] == [0]  # merged, cleaned up
     np.testing.assert_array_equal(S.open_store(spec).read_rows(0, n), rows_RD(0, n))
     with pytest.raises(ValueError, match="shard boundary"):
-        S.StoreWriter(spec_at(tmp_path / "x"), {}, segment_start=SHARD + 1)
+        W.StoreWriter(spec_at(tmp_path / "x"), {}, segment_start=SHARD + 1)

@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 
 from monosem_jax import config_values, distributed, metrics_io, stage_config
-from monosem_jax.activations import segments
+from monosem_jax.activations import segments, store_writer
 from monosem_jax.activations import store as store_lib
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import artifact as gpt_artifact
@@ -191,7 +191,7 @@ def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     if distributed.is_primary():  # creates (or checks) the arrays, sized once for every process
         for h in todo:
-            store_lib.StoreWriter(specs[h], {**attributes, "hook": h}).reserve(total_rows)
+            store_writer.StoreWriter(specs[h], {**attributes, "hook": h}).reserve(total_rows)
     found = [store_lib.read_segments(root, h) for h in todo]
     pieces = segments.plan(found, total_rows, cfg.rows_per_shard, jax.process_count())
     # Every process has read the same records before any is rewritten.
@@ -206,9 +206,10 @@ def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
     forward_only = _forward_only_tokens_per_s(params, windows, model_cfg, cfg)
     fn = functools.partial(hook_activations, model_cfg=model_cfg, hooks=cfg.hooks)
 
-    def open_writer(hook: str, segment_start: int) -> store_lib.StoreWriter:
-        return store_lib.StoreWriter(specs[hook], {**attributes, "hook": hook},
-                                     max_in_flight=cfg.max_in_flight, segment_start=segment_start)
+    def open_writer(hook: str, segment_start: int) -> store_writer.StoreWriter:
+        return store_writer.StoreWriter(specs[hook], {**attributes, "hook": hook},
+                                        max_in_flight=cfg.max_in_flight,
+                                        segment_start=segment_start)
 
     t_loop = time.time()
     mine = pieces[jax.process_index()]
@@ -231,7 +232,7 @@ def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     if distributed.is_primary():
         for h in todo:
-            final = store_lib.complete(specs[h], total_rows)
+            final = store_writer.complete(specs[h], total_rows)
             summary = {k: final[k] for k in ("hook", "rows", "d", "bytes", "norm_scale")}
             summary.update(run, wall_s=time.time() - t_start)
             summary["write_overhead_ratio"] = tokens_per_s / run["forward_only_tokens_per_s"]

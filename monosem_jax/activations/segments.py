@@ -12,8 +12,8 @@ rewritten, so live segments never overlap and nothing is counted twice. `merge` 
 segments to tile [0, rows) with no gap; `plan` splits the rows still missing (for any hook) into
 pieces, one list per process, each piece extending a live segment or starting a new one.
 
-Everything here is pure (records in, records or pieces out): store.py does the reading and
-writing, capture.py the computing.
+Everything here is pure (records in, records or pieces out): store.py does the reading,
+store_writer.py the writing, capture.py the computing.
 """
 
 from __future__ import annotations
