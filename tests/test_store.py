@@ -93,7 +93,7 @@ def test_bfloat16_round_trip(tmp_path):
     store = S.open_store(spec)
     got_RD = store.read_rows(0, n)
     assert got_RD.dtype == np.float32 and store.dtype == "bfloat16"
-    np.testing.assert_array_equal(got_RD, x_RD.astype(S._np_dtype("bfloat16")).astype(np.float32))
+    np.testing.assert_array_equal(got_RD, x_RD.astype(S.np_dtype("bfloat16")).astype(np.float32))
     # norm_scale comes from the float32 rows, before the bfloat16 cast
     want_scale = math.sqrt(D) / np.linalg.norm(x_RD.astype(np.float64), axis=1).mean()
     assert store.norm_scale == pytest.approx(want_scale, rel=1e-6)
@@ -126,7 +126,7 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path):
     partial = S.open_store(spec, require_complete=False)
     committed = partial.rows
     assert 150 <= committed <= 301 and not partial.complete
-    acts = S._open_array(S._hook_dir(spec.kvstore, HOOK), "acts")  # junk past the counter
+    acts = S.open_array(S.hook_kvstore(spec.kvstore, HOOK), "acts")  # junk past the counter
     acts = acts.resize(exclusive_max=[max(acts.shape[0], committed + 100), None]).result()
     acts[committed : committed + 100].write(np.full((100, D), -7, np.float32)).result()
     writer = W.StoreWriter(spec, {"lm_step": 3})

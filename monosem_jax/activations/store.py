@@ -76,20 +76,20 @@ def join(kvstore: dict, subpath: str) -> dict:
     return {**kvstore, "path": f"{base.rstrip('/')}/{sub}" if base else sub}
 
 
-def _hook_dir(root: Any, hook: str) -> dict:
+def hook_kvstore(root: Any, hook: str) -> dict:
     if not hook or "/" in hook:
         raise ValueError(f"hook name {hook!r} must be a non-empty name without '/'")
     return join(kvstore_for(root), hook + "/")
 
 
-def _describe(kvstore: dict) -> str:
+def describe(kvstore: dict) -> str:
     try:
         return ts.KvStore.Spec(kvstore).url
     except (ValueError, TypeError):
         return json.dumps(kvstore, sort_keys=True)
 
 
-def _np_dtype(dtype: str) -> np.dtype:
+def np_dtype(dtype: str) -> np.dtype:
     return ts.bfloat16.numpy_dtype if dtype == "bfloat16" else np.dtype(dtype)
 
 
@@ -116,34 +116,34 @@ class StoreSpec:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.d <= 0 or self.rows_per_shard <= 0:
             raise ValueError(f"d and rows_per_shard must be positive: {self}")
-        _hook_dir(self.kvstore, self.hook)
+        hook_kvstore(self.kvstore, self.hook)
 
     @property
     def inner_rows(self) -> int:
         """Rows per ~1 MB inner chunk of `acts`."""
-        return inner_chunk_rows(self.rows_per_shard, self.d * _np_dtype(self.dtype).itemsize)
+        return inner_chunk_rows(self.rows_per_shard, self.d * np_dtype(self.dtype).itemsize)
 
 
-def _kv(kvstore: dict) -> ts.KvStore:
+def open_kvstore(kvstore: dict) -> ts.KvStore:
     return ts.KvStore.open(kvstore, context=_CONTEXT).result()
 
 
-def _read_json(kvs: ts.KvStore, key: str) -> dict | None:
+def read_kv_json(kvs: ts.KvStore, key: str) -> dict | None:
     result = kvs.read(key).result()
     return json.loads(result.value) if result.state == "value" else None
 
 
-def _open_array(hook_dir: dict, name: str) -> ts.TensorStore:
+def open_array(hook_dir: dict, name: str) -> ts.TensorStore:
     spec = {"driver": "zarr3", "kvstore": join(hook_dir, name + "/")}
     return ts.open(spec, open=True, context=_CONTEXT).result()
 
 
 def read_segments(root: Any, hook: str) -> list[segments.Segment]:
     """Every progress record of a hook's store (segments.py), in no particular order."""
-    kvs = _kv(_hook_dir(root, hook))
+    kvs = open_kvstore(hook_kvstore(root, hook))
     keys = kvs.list(ts.KvStore.KeyRange(segments.PREFIX, segments.PREFIX + "/")).result()
     starts = [s for s in (segments.start_of(k.decode()) for k in keys) if s is not None]
-    records = {s: _read_json(kvs, segments.key(s)) for s in starts}
+    records = {s: read_kv_json(kvs, segments.key(s)) for s in starts}
     return [segments.Segment.from_record(s, r) for s, r in records.items() if r is not None]
 
 
@@ -151,13 +151,13 @@ class Store:
     """Read side of one hook's store: rows, metadata and the attributes written at capture."""
 
     def __init__(self, hook_dir: dict, attributes: dict, rows: int, scale: float, complete: bool):
-        self.name, self.attributes, self.rows = _describe(hook_dir), attributes, rows
+        self.name, self.attributes, self.rows = describe(hook_dir), attributes, rows
         self.norm_scale, self.complete = scale, complete
         self.hook, self.d, self.dtype = attributes["hook"], attributes["d"], attributes["dtype"]
         self.rows_per_shard = attributes["rows_per_shard"]
-        acts = _open_array(hook_dir, "acts")
+        acts = open_array(hook_dir, "acts")
         self._acts = acts if self.dtype == "float32" else ts.cast(acts, ts.float32)
-        self._meta = {n: _open_array(hook_dir, n) for n in META_FIELDS}
+        self._meta = {n: open_array(hook_dir, n) for n in META_FIELDS}
 
     def _check(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.rows:
@@ -196,15 +196,15 @@ def open_store(
         root = spec_or_root
     if hook is None:
         raise ValueError("open_store needs a hook name")
-    hook_dir = _hook_dir(root, hook)
-    name, kvs = _describe(hook_dir), _kv(hook_dir)
-    metadata = _read_json(kvs, "acts/zarr.json")
+    hook_dir = hook_kvstore(root, hook)
+    name, kvs = describe(hook_dir), open_kvstore(hook_dir)
+    metadata = read_kv_json(kvs, "acts/zarr.json")
     if metadata is None:
         raise StoreError(f"no activation store at {name}: run capture for hook {hook!r} first")
     attributes = metadata.get("attributes", {})
-    complete = _read_json(kvs, COMPLETE_KEY)
+    complete = read_kv_json(kvs, COMPLETE_KEY)
     if complete is None and require_complete:
-        rows = (_read_json(kvs, PROGRESS_KEY) or {}).get("rows", 0)
+        rows = (read_kv_json(kvs, PROGRESS_KEY) or {}).get("rows", 0)
         raise StoreError(
             f"activation store {name} is incomplete ({rows} rows committed); "
             "rerun capture to resume it"
@@ -217,7 +217,7 @@ def open_store(
             )
     if complete is not None:
         return Store(hook_dir, attributes, complete["rows"], complete["norm_scale"], True)
-    progress = _read_json(kvs, PROGRESS_KEY) or {}
+    progress = read_kv_json(kvs, PROGRESS_KEY) or {}
     rows, norm_sum = progress.get("rows", 0), progress.get("norm_sum", 0.0)
     norm_scale = math.sqrt(attributes["d"]) * rows / norm_sum if norm_sum > 0 else 1.0
     return Store(hook_dir, attributes, rows, norm_scale, False)
@@ -225,4 +225,4 @@ def open_store(
 
 def is_complete(root: str | os.PathLike | dict, hook: str) -> bool:
     """Whether `<root>/<hook>/COMPLETE` exists (the capture finished)."""
-    return _read_json(_kv(_hook_dir(root, hook)), COMPLETE_KEY) is not None
+    return read_kv_json(open_kvstore(hook_kvstore(root, hook)), COMPLETE_KEY) is not None

@@ -30,15 +30,15 @@ from monosem_jax.activations.store import (
     PROGRESS_KEY,
     Store,
     StoreSpec,
-    _describe,
-    _hook_dir,
-    _kv,
-    _np_dtype,
-    _open_array,
-    _read_json,
+    describe,
+    hook_kvstore,
     inner_chunk_rows,
     join,
+    np_dtype,
+    open_array,
+    open_kvstore,
     open_store,
+    read_kv_json,
     read_segments,
     shared_context,
 )
@@ -113,13 +113,13 @@ class StoreWriter:
             raise ValueError(f"segment_start {segment_start} is not a shard boundary of {spec}")
         self.spec, self.max_in_flight = spec, max_in_flight
         self._progress_key = segments.key(segment_start)
-        self._dir = _hook_dir(spec.kvstore, spec.hook)
-        self._name = _describe(self._dir)
-        self._kvs = _kv(self._dir)
+        self._dir = hook_kvstore(spec.kvstore, spec.hook)
+        self._name = describe(self._dir)
+        self._kvs = open_kvstore(self._dir)
         if overwrite:  # COMPLETE goes first: a crash mid-delete must not leave a "complete" store
             self._kvs.delete_range(ts.KvStore.KeyRange(COMPLETE_KEY, COMPLETE_KEY + "\0")).result()
             self._kvs.delete_range(ts.KvStore.KeyRange()).result()
-        elif _read_json(self._kvs, COMPLETE_KEY) is not None:
+        elif read_kv_json(self._kvs, COMPLETE_KEY) is not None:
             raise StoreError(
                 f"activation store {self._name} is complete; refusing to overwrite it "
                 "(pass overwrite=True or choose another root)"
@@ -130,7 +130,7 @@ class StoreWriter:
             raise ValueError(f"attributes {sorted(clash)} conflict with the StoreSpec {spec}")
         self.attributes = json.loads(json.dumps({**attributes, **own}))  # as stored
         self._arrays = {n: self._open_or_create(n) for n in ("acts", *META_FIELDS)}
-        progress = _read_json(self._kvs, self._progress_key) or {}
+        progress = read_kv_json(self._kvs, self._progress_key) or {}
         self._committed = self._done_rows = self._next_row = int(
             progress.get("rows", segment_start)
         )
@@ -144,7 +144,7 @@ class StoreWriter:
 
     def _open_or_create(self, name: str) -> ts.TensorStore:
         want = _array_metadata(self.spec, name, self.attributes)
-        have = _read_json(self._kvs, f"{name}/zarr.json")
+        have = read_kv_json(self._kvs, f"{name}/zarr.json")
         if have is None:
             spec = {"driver": "zarr3", "kvstore": join(self._dir, name + "/"), "metadata": want}
             return ts.open(spec, create=True, context=shared_context()).result()
@@ -167,7 +167,7 @@ class StoreWriter:
                 f"cannot resume {self._name}: its attributes differ in {diff}; "
                 "pass overwrite=True to restart the capture"
             )
-        return _open_array(self._dir, name)
+        return open_array(self._dir, name)
 
     @property
     def rows_committed(self) -> int:
@@ -224,7 +224,7 @@ class StoreWriter:
     def _submit(self, block: list[np.ndarray]) -> None:
         acts_RD, *metas = block
         start, stop = self._next_row, self._next_row + len(acts_RD)
-        stored = acts_RD.astype(_np_dtype(self.spec.dtype), copy=False)
+        stored = acts_RD.astype(np_dtype(self.spec.dtype), copy=False)
         norms = np.sqrt(np.einsum("rd,rd->r", acts_RD, acts_RD))
         columns = dict(zip(self._arrays, [stored, *metas], strict=True))
         checks = {n: _weighted_bitsum(a, start) for n, a in columns.items()}
@@ -302,8 +302,8 @@ def complete(spec: StoreSpec, expect_rows: int | None = None) -> dict:
     """Merges the segments (all rows present, each once), shrinks the arrays to `rows`, adds
     rows/norm_scale to the attributes, then writes COMPLETE last. Call it from one process, after
     every writer's flush resolved."""
-    hook_dir = _hook_dir(spec.kvstore, spec.hook)
-    name, kvs = _describe(hook_dir), _kv(hook_dir)
+    hook_dir = hook_kvstore(spec.kvstore, spec.hook)
+    name, kvs = describe(hook_dir), open_kvstore(hook_dir)
     found = read_segments(spec.kvstore, spec.hook)
     try:
         merged = segments.merge(found, expect_rows)
@@ -319,14 +319,14 @@ def complete(spec: StoreSpec, expect_rows: int | None = None) -> dict:
                 stale = segments.key(seg.start)
                 kvs.delete_range(ts.KvStore.KeyRange(stale, stale + "\0")).result()
     norm_scale = math.sqrt(d) * rows / merged.norm_sum
-    arrays = {n: _open_array(hook_dir, n) for n in ("acts", *META_FIELDS)}
+    arrays = {n: open_array(hook_dir, n) for n in ("acts", *META_FIELDS)}
     futures = {n: a.resize(exclusive_max=[rows, None][: a.rank]) for n, a in arrays.items()}
     for future in futures.values():
         future.result()
-    metadata = _read_json(kvs, "acts/zarr.json")
+    metadata = read_kv_json(kvs, "acts/zarr.json")
     metadata["attributes"].update(rows=rows, norm_scale=norm_scale)
     _write_json(kvs, "acts/zarr.json", metadata).result()
-    row_bytes = d * _np_dtype(spec.dtype).itemsize + 4 * len(META_FIELDS)
+    row_bytes = d * np_dtype(spec.dtype).itemsize + 4 * len(META_FIELDS)
     summary = dict(merged.record(), hook=spec.hook, d=d, dtype=spec.dtype)
     summary.update(bytes=rows * row_bytes, norm_scale=norm_scale)
     _write_json(kvs, COMPLETE_KEY, summary).result()
