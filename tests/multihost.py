@@ -31,8 +31,13 @@ def environment(devices_per_process: int) -> dict:
 
 
 def start(module: str, args: list[str], *, num_processes: int = 2, devices_per_process: int = 4,
-          heartbeat_timeout_s: int = 10) -> list[subprocess.Popen]:
-    """Starts `python -m module args` as processes 0..N-1 of one cluster."""
+          heartbeat_timeout_s: int = 30) -> list[subprocess.Popen]:
+    """Starts `python -m module args` as processes 0..N-1 of one cluster.
+
+    The heartbeat timeout (the runtime's default here, 30 s) stays well above the time a failed
+    gloo collective takes to surface: a survivor then stops with the binary's own one-line error
+    rather than the runtime's abort once the dead peer's heartbeats are missed (which a 10 s
+    timeout on a loaded 2-core machine sometimes let come first)."""
     address = f"localhost:{free_port()}"
     procs = []
     for i in range(num_processes):
