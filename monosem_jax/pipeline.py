@@ -159,11 +159,68 @@ STAGE_SUMMARIES = {"corpus": "corpus/summary.json", "browser": "browser/summary.
                    "report": "report/summary.json"}
 
 
+def _fmt(value, spec: str) -> str:
+    """`value` formatted, or "-" where a stage did not report it (None, missing)."""
+    return "-" if value is None else format(value, spec)
+
+
+# The 2-3 numbers of each stage's summary that tell whether it worked.
+HEADLINES = {
+    "corpus": lambda s: f"{_fmt(s.get('documents'), ',')} documents, "
+                        f"{_fmt(s.get('train_tokens'), ',')} train tokens",
+    "lm": lambda s: f"eval loss {_fmt(s.get('eval_loss'), '.3f')} "
+                    f"({_fmt(s.get('eval_over_unigram'), '.2f')}x unigram), "
+                    f"topic gain {_fmt(s.get('topic_context_gain'), '.3f')}",
+    "acts": lambda s: f"{_fmt(s.get('rows'), ',')} rows at {len(s.get('hooks') or ())} hook(s), "
+                      f"{_fmt(s.get('tokens_per_s'), ',.0f')} tok/s",
+    "sae": lambda s: f"{s.get('name')}: EV {_fmt(s.get('explained_variance'), '.3f')}, "
+                     f"L0 {_fmt(s.get('l0'), '.1f')}, {_fmt(s.get('tokens_per_s'), ',.0f')} tok/s",
+    "eval": lambda s: f"CE recovered {_fmt(s.get('ce_loss_recovered'), '.4f')}, "
+                      f"dead {_fmt(s.get('dead_fraction'), '.1%')}, feature beats neuron on "
+                      f"{_fmt(s.get('concepts_feature_beats_unit'), 'd')}/"
+                      f"{_fmt(s.get('concepts_probed'), 'd')} concepts",
+    "browser": lambda s: f"{_fmt(s.get('features_written'), ',')} feature pages",
+    "compare": lambda s: "; ".join(
+        f"{name}: EV {_fmt(v.get('explained_variance'), '.3f')}, "
+        f"CE recovered {_fmt(v.get('ce_loss_recovered'), '.4f')}" for name, v in s.items()
+    ) or "no other variants",
+    "report": lambda s: f"example features {s.get('example_features')}",
+}
+
+
+def summary_table(summaries: dict, seconds: dict, workdir: str) -> str:
+    """The pipeline's last words for a person: per stage its time and headline numbers, then
+    where to look next."""
+    rows = []
+    for name, summary in summaries.items():
+        took, recorded = seconds[name], summary.get("wall_s")
+        # A stage an earlier run finished is skipped: it takes a fraction of its recorded time.
+        time_text = f"{took:.1f} s"
+        if isinstance(recorded, (int, float)) and took < 0.5 * recorded:
+            time_text += f" (done before in {recorded:.0f} s)"
+        rows.append((name, time_text, HEADLINES[name](summary)))
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{'stage':<{width[0]}}  {'time':<{width[1]}}  result"]
+    lines += [f"{a:<{width[0]}}  {b:<{width[1]}}  {c}" for a, b, c in rows]
+    sae_name = summaries.get("eval", {}).get("sae_name", "")
+    lines += [
+        "",
+        f"report:      {os.path.join(workdir, 'report.md')}",
+        f"browser:     {os.path.join(workdir, 'browser', 'index.html')}  (open in a web browser)",
+        f"eval:        {os.path.join(workdir, 'eval', sae_name + '.json')}",
+        f"tensorboard: tensorboard --logdir {workdir}",
+    ]
+    return "\n".join(lines)
+
+
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs every stage; returns {stage: summary, ..., 'wall_s'}."""
+    """Runs every stage; returns {stage: summary, ..., 'wall_s'}.
+
+    Prints, last, a table for a person (`summary_table`) and then the summary as one JSON line.
+    """
     t_start = time.time()
     os.makedirs(workdir, exist_ok=True)
-    summaries = {}
+    summaries, seconds = {}, {}
     for i, stage in enumerate(STAGES):
         first = check_stage_config(config, workdir, stage)
         logging.info("=== stage %d/%d: %s ===", i + 1, len(STAGES), stage.name)
@@ -178,10 +235,12 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if first and distributed.is_primary():
                 os.remove(_record_path(workdir, stage))
             raise
-        logging.info("stage %s done in %.1fs", stage.name, time.time() - t_stage)
+        seconds[stage.name] = time.time() - t_stage
+        logging.info("stage %s done in %.1fs", stage.name, seconds[stage.name])
     summary = {**summaries, "wall_s": time.time() - t_start}
     if distributed.is_primary():
         metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+        print(summary_table(summaries, seconds, workdir), flush=True)
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary
 

@@ -95,6 +95,16 @@ def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path, run, caplog
     assert set(summary) == {"corpus", "lm", "acts", "sae", "eval", "browser", "compare", "report",
                             "wall_s"}
     assert summary["acts"]["rows"] > 0 and 0 <= summary["eval"]["ce_loss_recovered"] <= 1.5
+    # Before the JSON line, a table for a person: one row per stage, then where to look next.
+    lines = out.stdout.strip().splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("stage "))):-1]
+    rows = {line.split()[0]: line for line in table[1:9]}
+    assert list(rows) == [s.name for s in pipeline.STAGES]
+    ev = summary["sae"]["explained_variance"]
+    assert f"EV {ev:.3f}" in rows["sae"] and "done before" not in rows["sae"]
+    assert f"CE recovered {summary['eval']['ce_loss_recovered']:.4f}" in rows["eval"]
+    assert any(x.startswith("browser:") and x.split()[1].endswith("index.html") for x in table)
+    assert f"tensorboard --logdir {tmp_path / 'w'}" in table[-1]
     report = (tmp_path / "w" / "report.md").read_text()
     assert "## Planted concepts" in report and "![LM loss](report/lm_loss.png)" in report
     assert (tmp_path / "w" / "report" / "lm_loss.png").stat().st_size > 1000
@@ -102,6 +112,7 @@ def test_smoke_pipeline_end_to_end_then_a_rerun_is_a_no_op(tmp_path, run, caplog
     again = run(tmp_path / "w")
     assert again.returncode == 0
     assert caplog.text.count("nothing to do") >= 5  # finished stages are skipped
+    assert "done before in" in next(x for x in again.stdout.splitlines() if x.startswith("lm "))
 
 
 def test_report_escapes_corpus_text():
