@@ -10,7 +10,7 @@ import time
 import jax
 from absl import logging
 
-from monosem_jax import config_values
+from monosem_jax import config_values, observe
 
 
 def _plain(value):
@@ -38,14 +38,20 @@ def read_json(path: str | os.PathLike):
         return json.load(f)
 
 
+# Config keys that only watch a run (a profiler trace of a few steps), never change what it
+# writes: a rerun or a resume may set them otherwise.
+OBSERVATION_KEYS = frozenset({"profile_steps"})
+
+
 def config_difference(recorded, wanted, prefix: str = "") -> str | None:
     """The first value where a recorded config differs from the wanted one, or None.
 
     Keys the record lacks are not differences: a newer version added them to the configs, and a
     work directory written before the upgrade stays usable (its record is then rewritten).
+    Neither are OBSERVATION_KEYS.
     """
     if isinstance(recorded, dict) and isinstance(wanted, dict):
-        for key in sorted(recorded):
+        for key in sorted(set(recorded) - OBSERVATION_KEYS):
             diff = config_difference(recorded[key], wanted.get(key), f"{prefix}{key}.")
             if diff:
                 return diff
@@ -87,20 +93,30 @@ def finished_summary(path: str | os.PathLike, what: str) -> dict | None:
 
 
 class MetricsWriter:
-    """Appends JSON lines; on resume from `resume_step`, drops rows logged after it."""
+    """Appends JSON lines; on resume from `resume_step`, drops rows logged after it.
 
-    def __init__(self, path: str | os.PathLike, resume_step: int = 0):
+    `tensorboard`: a folder that gets every row as TensorBoard scalars too (observe.py: a row's
+    numbers, one run folder per sweep `member`), rebuilt from the rows kept on resume. Process 0
+    alone writes. `close()` (or a `with` block) closes the event files.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int = 0,
+                 tensorboard: str | os.PathLike | None = None):
         self.path = os.fspath(path)
         self.enabled = jax.process_index() == 0
+        self.tensorboard = None
         if not self.enabled:
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        kept = []
         if os.path.exists(self.path):
             with open(self.path) as f:
                 rows = [json.loads(line) for line in f if line.strip()]
             kept = [r for r in rows if r.get("step", 0) <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
+        if tensorboard is not None:
+            self.tensorboard = observe.TensorBoardRuns(tensorboard, kept)
 
     def write(self, step: int, **metrics) -> None:
         if not self.enabled:
@@ -109,6 +125,19 @@ class MetricsWriter:
         row.update({k: _plain(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(row)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def format_eta(seconds: float) -> str:

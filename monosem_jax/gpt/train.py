@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import checkpoint, distributed, metrics_io, parallel
+from monosem_jax import checkpoint, distributed, metrics_io, observe, parallel
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import context_probe, data
 from monosem_jax.gpt import model as gpt_model
@@ -60,6 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The LM stage: trains (resuming from `workdir/lm/checkpoints`) and writes the summary."""
     t_start = time.time()
     model_cfg, cfg = gpt_step.configs_from(config)
+    profile_steps = observe.check_profile_steps(config.get("profile_steps", 0))
     lm_dir = os.path.join(workdir, "lm")
     summary_path = os.path.join(lm_dir, "summary.json")
     finished = metrics_io.finished_summary(summary_path, "LM stage")
@@ -99,7 +100,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, _ = restored
         logging.info("resuming LM training from checkpoint at step %d", int(state["step"]))
     start_step = int(state["step"])
-    writer = metrics_io.MetricsWriter(os.path.join(lm_dir, "metrics.jsonl"), start_step)
+    writer = metrics_io.MetricsWriter(os.path.join(lm_dir, "metrics.jsonl"), start_step,
+                                      tensorboard=os.path.join(lm_dir, "tensorboard"))
+    profile = observe.ProfileWindow(os.path.join(lm_dir, "profile"), profile_steps, start_step,
+                                    cfg.steps)
     step_fn = gpt_step.compile_train_step(model_cfg, cfg)
     tokens_per_step = cfg.batch_size * length
 
@@ -123,30 +127,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write(done, tokens_per_s=steps_per_s * tokens_per_step, **metrics)
 
     lagged = metrics_io.LaggedMetrics(cfg.steps, report)
-    for step in range(start_step, cfg.steps):
-        batch = data.train_batch(
-            train_split.tokens_N,
-            seed=cfg.seed,
-            step=step,
-            batch_size=cfg.batch_size,
-            length=length,
-        )
-        state, metrics = step_fn(state, parallel.global_batch(mesh, batch))
-        lagged.dispatched(step, metrics)
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _check_finite(step, jax.device_get(metrics))  # never checkpoint a NaN state
-            ckpt.save(done, state, {"step": done}, force=done == cfg.steps)
-        if done % cfg.eval_every == 0 and done < cfg.steps:
-            eval_loss = gpt_step.evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size,
-                                          mesh)
-            logging.info("step %d eval_loss %.4f", done, eval_loss)
-            writer.write(done, eval_loss=eval_loss)
-    lagged.flush()
-    ckpt.close()
+    with writer, profile:  # closes the event files; stops a trace an error left open
+        for step in range(start_step, cfg.steps):
+            batch = data.train_batch(
+                train_split.tokens_N,
+                seed=cfg.seed,
+                step=step,
+                batch_size=cfg.batch_size,
+                length=length,
+            )
+            profile.before(step)
+            state, metrics = step_fn(state, parallel.global_batch(mesh, batch))
+            lagged.dispatched(step, metrics)
+            profile.after(step, (state, metrics))
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                _check_finite(step, jax.device_get(metrics))  # never checkpoint a NaN state
+                ckpt.save(done, state, {"step": done}, force=done == cfg.steps)
+            if done % cfg.eval_every == 0 and done < cfg.steps:
+                eval_loss = gpt_step.evaluate(state["params"], eval_WL1, model_cfg,
+                                              cfg.batch_size, mesh)
+                logging.info("step %d eval_loss %.4f", done, eval_loss)
+                writer.write(done, eval_loss=eval_loss)
+        lagged.flush()
+        ckpt.close()
 
-    eval_loss = gpt_step.evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size, mesh)
-    writer.write(cfg.steps, eval_loss=eval_loss)
+        eval_loss = gpt_step.evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size, mesh)
+        writer.write(cfg.steps, eval_loss=eval_loss)
     _check_finite(cfg.steps, {"loss": eval_loss, "grad_norm": 0.0})
     # The analyses below run whole on each process's own device (a few batches each).
     params = parallel.to_host(state["params"]) if distributed.is_multiprocess() else state["params"]

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from monosem_jax import checkpoint, metrics_io, parallel
+from monosem_jax import checkpoint, metrics_io, observe, parallel
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.sae import lm_feed
 from monosem_jax.sae import run as sae_run
@@ -205,13 +205,18 @@ def _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt, *, ou
     settled = _settled(specs)
     settled_fn = compile_for(dataclasses.replace(sae_cfg, k=settled[1])) if settled else step_fn
     resample_fn = _resampler(sae_cfg, single, feed.draw, shardings, replicated)
-    writer = metrics_io.MetricsWriter(os.path.join(out_dir, "metrics.jsonl"), start)
+    # A sweep's rows name their member: TensorBoard gets one run per member (observe.py).
+    writer = metrics_io.MetricsWriter(os.path.join(out_dir, "metrics.jsonl"), start,
+                                      tensorboard=os.path.join(out_dir, "tensorboard"))
+    profile = observe.ProfileWindow(os.path.join(out_dir, "profile"), cfg.profile_steps, start,
+                                    cfg.steps)
     report = _Reporter(cfg, specs, writer)
     lagged = metrics_io.LaggedMetrics(cfg.steps, report)
     inputs = feed.inputs(start)
     try:
         for step in range(start, cfg.steps):
             step_inputs = next(inputs)
+            profile.before(step)
             if step in cfg.resample_steps and sae_cfg.variant == "towards_2023":
                 key = jax.random.fold_in(jax.random.key(resample_seed), step)
                 keys = key if single else jax.random.split(key, len(specs))
@@ -220,6 +225,7 @@ def _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt, *, ou
             fn = settled_fn if settled and step >= settled[0] else step_fn
             carry, states, metrics = fn(carry, states, step_inputs, hps)
             lagged.dispatched(step, metrics)
+            profile.after(step, (carry, states, metrics))
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 report.check(step, jax.device_get(metrics))  # never save a NaN state
@@ -227,6 +233,8 @@ def _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt, *, ou
                           {"step": done, "members": [s.name for s in specs]}, force=True)
         lagged.flush()
     finally:
+        profile.close()
+        writer.close()
         inputs.close()
     rate = lagged.timed_steps / lagged.elapsed if lagged.elapsed else 0.0
     last = report.last or {"loss": np.full(len(specs), np.nan)}

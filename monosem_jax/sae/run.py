@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from monosem_jax import config_values, distributed, metrics_io, stage_config
+from monosem_jax import config_values, distributed, metrics_io, observe, stage_config
 from monosem_jax.activations import reader as reader_lib
 from monosem_jax.sae import artifact
 from monosem_jax.sae import metrics as sae_metrics
@@ -60,8 +60,10 @@ class TrainConfig:
     lm_buffer_batches: int = 8
     lm_positions_per_context: int = 0
     lm_exclude_first: bool = True
+    profile_steps: int = 0  # steps traced by jax.profiler (observe.ProfileWindow); 0 = off
 
     def __post_init__(self):
+        observe.check_profile_steps(self.profile_steps)
         stage_config.check(self.sparse_capacity >= -1, "sparse_capacity", self.sparse_capacity,
                            ">= 0 (0 = the dense step), or -1 (automatic)")
         stage_config.one_of("matmul_dtype", self.matmul_dtype, sae_model.MATMUL_DTYPES)

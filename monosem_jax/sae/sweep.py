@@ -4,7 +4,8 @@ Members differ only in traced values (hyper-parameters stacked on a leading axis
 dtypes, and the init seed), so the program compiles once; the loop is sae/loop.py's, as for a
 single run. At the end each member is written as an ordinary SAE run, `W/sae/<sweep>_<i>/`
 (checkpoint, config, summary), plus `W/sweep/<sweep>/table.csv`, `frontier.png` and
-`summary.json`.
+`summary.json`. Training metrics: `W/sweep/<sweep>/metrics.jsonl` (a row per member and logged
+step, named by `member`) and TensorBoard's `W/sweep/<sweep>/tensorboard/<member>/`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ phase change at ~500 steps; four RoPE layers at 3e-3 need ~750-1,000 (BUILD.md,
 
 monosem-train-lm --config=monosem_jax/configs/gpt/tiny.py --workdir=W  (W/data from monosem-prepare)
 monosem-train-lm --config=monosem_jax/configs/gpt/tiny.py:smoke --workdir=W
+monosem-train-lm --config=monosem_jax/configs/gpt/tiny.py --workdir=W --config.profile_steps=5
 """
 
 import ml_collections
@@ -48,6 +49,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.sample_len = 120
     config.train.temperature = 0.8
     config.train.top_k = 40
+
+    # Steps traced by jax.profiler after this run's first (compiling) step, into W/lm/profile
+    # (TensorBoard's profile tab, XProf); 0 = off. The metrics go to W/lm/tensorboard always.
+    config.profile_steps = 0
 
     if arg == "smoke":
         config.model.vocab_size = 512

@@ -5,6 +5,7 @@ monosem-train-sae --workdir=W                                      (after captur
 monosem-train-sae --workdir=W --config.variant=anthropic_2024      (the paper's L1 SAE)
 monosem-sweep --workdir=W --config.sweep.grid="k=8,16,32,64"  (one compiled program)
 monosem-sweep --workdir=W --config.variant=anthropic_2024 --config.sweep.grid="l1_coef=1,2,4,8"
+monosem-train-sae --workdir=W --config.profile_steps=5   (a jax.profiler trace of 5 steps)
 """
 
 import ml_collections
@@ -87,8 +88,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval_rows = 65536  # held-out rows (the store's last rows; source lm: see above)
     config.shuffle_blocks = 8  # shuffle buffer, in shards
     config.prefetch = 2  # shards read ahead in a background thread
-    config.log_every = 50
+    config.log_every = 50  # progress line + metrics.jsonl row (and TensorBoard: <run>/tensorboard)
     config.checkpoint_every = 200
+    # Steps traced by jax.profiler after this run's first (compiling) step, into
+    # W/sae/<name>/profile (a sweep: W/sweep/<name>/profile); 0 = off.
+    config.profile_steps = 0
 
     config.sweep = ml_collections.ConfigDict()
     config.sweep.name = "sweep"  # W/sweep/<name>; members are W/sae/<name>_<i>
