@@ -12,11 +12,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from monosem_jax import distributed
-from monosem_jax.errors import StoreError
+from monosem_jax.errors import StoreError, WorkdirBusy
 
 # Errors a user can fix (bad config value, bad input file, NaN loss): one line, exit code 2.
 # MONOSEM_DEBUG=1 shows the traceback instead.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, FileExistsError, StoreError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, FileExistsError, StoreError,
+               WorkdirBusy)
 
 
 def default_config(relative: str) -> str:

@@ -4,3 +4,7 @@
 
 class StoreError(RuntimeError):
     """A store that doesn't match what's asked, or is incomplete/missing; one clear line."""
+
+
+class WorkdirBusy(RuntimeError):
+    """Another process is writing the same part of the work directory; one clear line."""

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import ml_collections
 from absl import logging
 
-from monosem_jax import cli, config_values, distributed, metrics_io, report
+from monosem_jax import cli, config_values, distributed, metrics_io, report, workdir_lock
 from monosem_jax.activations import capture
 from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
@@ -213,6 +213,7 @@ def summary_table(summaries: dict, seconds: dict, workdir: str) -> str:
     return "\n".join(lines)
 
 
+@workdir_lock.writer(lambda config: "pipeline")
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs every stage; returns {stage: summary, ..., 'wall_s'}.
 

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import config_values, distributed, metrics_io, stage_config
+from monosem_jax import config_values, distributed, metrics_io, stage_config, workdir_lock
 from monosem_jax.activations import segments, store_writer
 from monosem_jax.activations import store as store_lib
 from monosem_jax.corpus import dataset, tokenizer
@@ -139,6 +139,7 @@ class _Windows:
         return tokens_BL, positions_BK.astype(np.int32), meta
 
 
+@workdir_lock.writer(lambda config: "acts")
 def capture(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the capture stage (a no-op when every hook's store is complete).
 

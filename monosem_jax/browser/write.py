@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import metrics_io, stage_config
+from monosem_jax import metrics_io, stage_config, workdir_lock
 from monosem_jax.analysis import features as features_lib
 from monosem_jax.analysis import interpret as interp
 from monosem_jax.corpus import dataset, tokenizer
@@ -291,6 +291,7 @@ def _replace_dir(tmp_dir: str, out_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@workdir_lock.writer(lambda config: "browser")
 def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Interprets every feature of W/sae/<sae_name> and writes the browser to W/browser."""
     t_start = time.time()

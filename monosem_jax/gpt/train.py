@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from monosem_jax import checkpoint, distributed, metrics_io, observe, parallel
+from monosem_jax import checkpoint, distributed, metrics_io, observe, parallel, workdir_lock
 from monosem_jax.corpus import dataset, tokenizer
 from monosem_jax.gpt import context_probe, data
 from monosem_jax.gpt import model as gpt_model
@@ -56,6 +56,7 @@ def _check_finite(step: int, metrics: dict) -> None:
             )
 
 
+@workdir_lock.writer(lambda config: "lm")
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """The LM stage: trains (resuming from `workdir/lm/checkpoints`) and writes the summary."""
     t_start = time.time()

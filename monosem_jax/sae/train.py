@@ -14,11 +14,12 @@ import time
 import ml_collections
 from absl import logging
 
-from monosem_jax import metrics_io, parallel
+from monosem_jax import metrics_io, parallel, workdir_lock
 from monosem_jax.sae import loop
 from monosem_jax.sae import run as sae_run
 
 
+@workdir_lock.writer(lambda config: f"sae-{config.name or config.variant}")
 def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains one SAE (resuming from its checkpoints) and writes its summary."""
     t_start = time.time()

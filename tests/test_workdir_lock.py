@@ -1,0 +1,79 @@
+"""One writer per work directory part: a second writer is refused in one line, a dead holder's
+lock is taken over, different parts (two SAE runs on one store) and readers never block."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from monosem_jax import pipeline, workdir_lock
+from monosem_jax.configs.pipeline import tiny
+from monosem_jax.errors import WorkdirBusy
+
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+HOLDER = (
+    "import sys, time\n"
+    "from monosem_jax import workdir_lock\n"
+    "with workdir_lock.hold(sys.argv[1], sys.argv[2]):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(120)\n"
+)
+
+
+def _holder(workdir, part):
+    """A real process holding `part` of `workdir` (returns once it holds it)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir), part],
+                            stdout=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_is_refused_naming_the_holder_then_a_killed_holder_is_taken_over(
+        tmp_path, caplog):
+    proc = _holder(tmp_path, "sae-topk")
+    try:
+        with pytest.raises(WorkdirBusy, match=rf"'sae-topk' part .* pid {proc.pid} on "):
+            with workdir_lock.hold(str(tmp_path), "sae-topk"):
+                pass
+        # Another part of the same work directory (a second SAE on the store) is free.
+        with workdir_lock.hold(str(tmp_path), "sae-anthropic_2024"):
+            pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    caplog.set_level("WARNING", logger="absl")
+    with workdir_lock.hold(str(tmp_path), "sae-topk"):  # the kernel released the dead one's lock
+        pass
+    assert f"taking over the 'sae-topk' lock of pid {proc.pid}" in caplog.text
+    caplog.clear()
+    with workdir_lock.hold(str(tmp_path), "sae-topk"):  # a clean release leaves no record
+        pass
+    assert "taking over" not in caplog.text
+
+
+def test_a_second_pipeline_on_one_workdir_exits_2_in_one_line_and_the_first_goes_on(
+        tmp_path, run_binary):
+    workdir = tmp_path / "w"
+    config = f"{os.path.dirname(tiny.__file__)}/tiny.py:smoke"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "monosem_jax.pipeline", f"--workdir={workdir}",
+         f"--config={config}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        record = workdir / workdir_lock.LOCK_DIR / "pipeline.lock"
+        deadline = time.time() + 120
+        while not (record.exists() and record.stat().st_size) and time.time() < deadline:
+            assert first.poll() is None, "the first pipeline ended early"
+            time.sleep(0.2)
+        second = run_binary(pipeline.run_main, f"--workdir={workdir}", f"--config={config}")
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and f"pid {first.pid}" in lines[-1], lines
+        assert "'pipeline' part" in lines[-1]
+        assert first.poll() is None  # unaffected: still running, still the holder
+        assert f'"pid": {first.pid}' in record.read_text()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
