@@ -10,7 +10,7 @@ import time
 import jax
 from absl import logging
 
-from monosem_jax import config_values, observe
+from monosem_jax import config_values, observe, stage_config
 
 
 def _plain(value):
@@ -188,7 +188,7 @@ class LaggedMetrics:
 def resolve_sae_name(workdir: str, name: str) -> str:
     """`name`, or for "" the work dir's pipeline SAE (W/pipeline/sae.json), else its only run."""
     if name:
-        return name
+        return stage_config.path_component("sae_name", name)
     recorded = os.path.join(workdir, "pipeline", "sae.json")
     if os.path.exists(recorded):
         sae = read_json(recorded)["sae"]

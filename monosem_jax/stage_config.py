@@ -13,6 +13,7 @@ The stage's body then reads only the dataclass; no ConfigDict reaches `jit`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 
 import ml_collections
@@ -59,3 +60,17 @@ def one_of(field: str, value, choices: Iterable) -> None:
     """value is one of `choices`."""
     choices = tuple(choices)
     check(value in choices, field, value, " | ".join(map(repr, choices)))
+
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def path_component(field: str, value, allow_empty: bool = False):
+    """value, a name that becomes one folder (a run, a sweep, an export): letters, digits and
+    `-_.`, not `.` or `..`, so it can never reach outside its parent folder. Returns it."""
+    if allow_empty and value == "":
+        return value
+    check(isinstance(value, str) and bool(_COMPONENT.fullmatch(value))
+          and value not in (".", ".."), field, value,
+          "a single folder name: 1-128 letters, digits, '-', '_' or '.' (not '.' or '..')")
+    return value

@@ -77,3 +77,28 @@ def test_a_second_pipeline_on_one_workdir_exits_2_in_one_line_and_the_first_goes
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", ".", "x y", "/abs", "a\\b"])
+def test_names_that_would_leave_their_folder_are_one_clear_error(tmp_path, run_binary, name):
+    from monosem_jax.sae import main as sae_main
+
+    (tmp_path / "w").mkdir()
+    out = run_binary(sae_main.run_main, f"--workdir={tmp_path / 'w'}",
+                     f"--config.name={name}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config.name=") and "single folder name" in last, last
+    assert sorted(os.listdir(tmp_path)) == ["w"] and not os.listdir(tmp_path / "w")
+
+
+def test_sweep_and_reader_names_are_checked_too(tmp_path, run_binary):
+    from monosem_jax import metrics_io
+    from monosem_jax.sae import sweep_main
+
+    out = run_binary(sweep_main.run_main, f"--workdir={tmp_path}", "--config.sweep.name=../s")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: config.sweep.name='../s'")
+    assert not (tmp_path.parent / "s").exists()
+    with pytest.raises(ValueError, match="config.sae_name='../x' is invalid"):
+        metrics_io.resolve_sae_name(str(tmp_path), "../x")

@@ -63,6 +63,7 @@ class TrainConfig:
     profile_steps: int = 0  # steps traced by jax.profiler (observe.ProfileWindow); 0 = off
 
     def __post_init__(self):
+        stage_config.path_component("name", self.name, allow_empty=True)
         observe.check_profile_steps(self.profile_steps)
         stage_config.check(self.sparse_capacity >= -1, "sparse_capacity", self.sparse_capacity,
                            ">= 0 (0 = the dense step), or -1 (automatic)")

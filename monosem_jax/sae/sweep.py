@@ -18,7 +18,7 @@ import time
 import ml_collections
 from absl import logging
 
-from monosem_jax import checkpoint, config_values, metrics_io, parallel, workdir_lock
+from monosem_jax import checkpoint, config_values, metrics_io, parallel, stage_config, workdir_lock
 from monosem_jax.sae import loop
 from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import step as sae_step
@@ -47,7 +47,8 @@ def parse_grid(grid) -> list[dict]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-@workdir_lock.writer(lambda config: f"sweep-{config.sweep.name}")
+@workdir_lock.writer(
+    lambda config: f"sweep-{stage_config.path_component('sweep.name', config.sweep.name)}")
 def sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains every member of `config.sweep.grid` in one program and writes each as a run."""
     t_start = time.time()

@@ -14,12 +14,13 @@ import time
 import ml_collections
 from absl import logging
 
-from monosem_jax import metrics_io, parallel, workdir_lock
+from monosem_jax import metrics_io, parallel, stage_config, workdir_lock
 from monosem_jax.sae import loop
 from monosem_jax.sae import run as sae_run
 
 
-@workdir_lock.writer(lambda config: f"sae-{config.name or config.variant}")
+@workdir_lock.writer(
+    lambda config: f"sae-{stage_config.path_component('name', config.name or config.variant)}")
 def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains one SAE (resuming from its checkpoints) and writes its summary."""
     t_start = time.time()
