@@ -6,8 +6,12 @@ import dataclasses
 import importlib.resources
 import os
 import sys
+import tempfile
+import time
+import traceback
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -41,16 +45,27 @@ class _InProcess:
 _in_process: _InProcess | None = None
 
 
+# An error of a binary's --config overrides met while its flags were defined, by FlagValues id.
+_definition_error: dict[int, str] = {}
+
+
 def define_flags(default_config_path: str) -> None:
     flag_values = _in_process.flag_values if _in_process else flags.FLAGS
-    config_flags.DEFINE_config_file(
-        "config",
-        default_config_path,
-        "Config file (path[:arg]).",
-        flag_values=flag_values,
-        lock_config=True,
-        sys_argv=_in_process.argv if _in_process else None,  # where --config.x overrides are
-    )
+    try:
+        config_flags.DEFINE_config_file(
+            "config",
+            default_config_path,
+            "Config file (path[:arg]).",
+            flag_values=flag_values,
+            lock_config=True,
+            sys_argv=_in_process.argv if _in_process else None,  # where --config.x overrides are
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections reads the --config.<key> overrides of the command line here: an
+        # unknown key fails now, before any flag is parsed; reported once the binary runs.
+        flags.DEFINE_string("config", None, "Config file (path[:arg]).", flag_values=flag_values)
+        field = _first_line(e).strip('"')
+        _definition_error[id(flag_values)] = f"bad --config override: the config has no field {field}"
     flags.DEFINE_string(
         "workdir", None, "Work directory holding every stage's outputs.", flag_values=flag_values
     )
@@ -72,6 +87,10 @@ def _main(fn, flag_values: flags.FlagValues, argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     workdir = os.path.abspath(os.path.expanduser(flag_values.workdir))
+    load_error = _config_load_error(flag_values)
+    if load_error:
+        print(f"error: {load_error}", file=sys.stderr, flush=True)
+        return 2
     try:
         distributed.initialize(flag_values)
         fn(flag_values.config, workdir)
@@ -81,8 +100,15 @@ def _main(fn, flag_values: flags.FlagValues, argv: list[str]) -> int:
         print(f"error: {_first_line(e)}", file=sys.stderr, flush=True)
         return 2
     except Exception as e:
-        if not distributed.is_multiprocess() or os.environ.get("MONOSEM_DEBUG"):
+        if os.environ.get("MONOSEM_DEBUG"):
             raise
+        if not distributed.is_multiprocess():
+            # Not a user error: one line still, and the traceback kept in a file for a report.
+            where = _save_traceback(workdir)
+            print(f"error: unexpected {type(e).__name__}: {_first_line(e)} (a bug or a broken "
+                  f"environment; traceback in {where}; MONOSEM_DEBUG=1 shows it here)",
+                  file=sys.stderr, flush=True)
+            return 1
         # A peer died or hung (a failed collective, the runtime's heartbeat): say so in one line
         # and leave at once; a normal exit would wait on the cluster's shutdown barrier, which
         # the dead peer never reaches, and then abort with pages of runtime logs.
@@ -94,6 +120,59 @@ def _main(fn, flag_values: flags.FlagValues, argv: list[str]) -> int:
     return 0
 
 
+def _save_traceback(workdir: str) -> str:
+    """Writes the current exception's traceback to W/logs/ (else the temp dir); its path."""
+    text = traceback.format_exc()
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    for folder in (os.path.join(workdir, "logs"), tempfile.gettempdir()):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, name)
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+        except OSError:  # a full disk or a read-only work dir: try the next folder
+            continue
+    return "nowhere (no writable folder)"
+
+
+def _config_load_error(flag_values: flags.FlagValues) -> str | None:
+    """Why --config did not load (a missing or broken file, a bad override key), or None.
+
+    ml_collections defers a config file's load error to the config's first use, and an override
+    of a key the config lacks fails while the flag is defined; both become one line here.
+    """
+    if _definition_error.get(id(flag_values)):
+        return _definition_error.pop(id(flag_values))
+    config = flag_values.config
+    error = None if isinstance(config, ml_collections.ConfigDict) else vars(config).get("_error")
+    if error is None:
+        return None
+    path = flag_values["config"].config_filename
+    cause = error.__cause__ or error.__context__
+    detail = ("no such file" if not os.path.exists(path)
+              else _first_line(cause) if cause else _first_line(error))
+    return f"cannot load the --config file {path}: {detail}"
+
+
+def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str] | None:
+    """The command line parsed; a bad flag or config override (a non-number for an integer
+    field, an unknown key, a config file that does not load) is one `error:` line (None)."""
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        message = _definition_error.pop(id(flag_values), None) or _first_line(e)
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        if "Traceback (most recent call last):" in lines:  # a config file's get_config raised
+            message = f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return None
+    except Exception as e:  # a config file that does not even compile (SyntaxError, ...)
+        print(f"error: cannot load the --config file: {type(e).__name__}: {_first_line(e)}",
+              file=sys.stderr, flush=True)
+        return None
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -102,7 +181,8 @@ def run(fn) -> None:
     """Runs `fn(config, workdir)` under absl with user errors reported as one clean line."""
     if _in_process:
         flag_values = _in_process.flag_values
-        _in_process.exit_code = _main(fn, flag_values, flag_values(_in_process.argv))
+        argv = _parse_flags(flag_values, _in_process.argv)
+        _in_process.exit_code = 2 if argv is None else _main(fn, flag_values, argv)
         return
 
     def main(argv):
@@ -112,7 +192,13 @@ def run(fn) -> None:
         if code:
             sys.exit(code)
 
-    app.run(main)
+    def parse(argv):
+        parsed = _parse_flags(flags.FLAGS, argv)
+        if parsed is None:
+            sys.exit(2)
+        return parsed
+
+    app.run(main, flags_parser=parse)
 
 
 def run_in_process(run_main, argv: list[str]) -> int:
