@@ -16,12 +16,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from monosem_jax import distributed
-from monosem_jax.errors import StoreError, WorkdirBusy
+from monosem_jax.errors import CorruptCheckpoint, StoreError, WorkdirBusy
 
 # Errors a user can fix (bad config value, bad input file, NaN loss): one line, exit code 2.
 # MONOSEM_DEBUG=1 shows the traceback instead.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, FileExistsError, StoreError,
-               WorkdirBusy)
+               WorkdirBusy, CorruptCheckpoint)
 
 
 def default_config(relative: str) -> str:
@@ -45,12 +45,18 @@ class _InProcess:
 _in_process: _InProcess | None = None
 
 
+def current_flags() -> flags.FlagValues:
+    """The flags the binary being run parses (its own under `run_in_process`): where a binary
+    defines a flag of its own beside --config and --workdir."""
+    return _in_process.flag_values if _in_process else flags.FLAGS
+
+
 # An error of a binary's --config overrides met while its flags were defined, by FlagValues id.
 _definition_error: dict[int, str] = {}
 
 
 def define_flags(default_config_path: str) -> None:
-    flag_values = _in_process.flag_values if _in_process else flags.FLAGS
+    flag_values = current_flags()
     try:
         config_flags.DEFINE_config_file(
             "config",
@@ -65,7 +71,8 @@ def define_flags(default_config_path: str) -> None:
         # unknown key fails now, before any flag is parsed; reported once the binary runs.
         flags.DEFINE_string("config", None, "Config file (path[:arg]).", flag_values=flag_values)
         field = _first_line(e).strip('"')
-        _definition_error[id(flag_values)] = f"bad --config override: the config has no field {field}"
+        _definition_error[id(flag_values)] = (
+            f"bad --config override: the config has no field {field}")
     flags.DEFINE_string(
         "workdir", None, "Work directory holding every stage's outputs.", flag_values=flag_values
     )

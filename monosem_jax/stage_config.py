@@ -62,15 +62,16 @@ def one_of(field: str, value, choices: Iterable) -> None:
     check(value in choices, field, value, " | ".join(map(repr, choices)))
 
 
-_COMPONENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def path_component(field: str, value, allow_empty: bool = False):
-    """value, a name that becomes one folder (a run, a sweep, an export): letters, digits and
-    `-_.`, not `.` or `..`, so it can never reach outside its parent folder. Returns it."""
+    """value, a name that becomes one folder (a run, a sweep, an import): letters, digits and
+    `-_.`, starting with a letter or digit (so never `.`, `..` or hidden), so it can never reach
+    outside its parent folder. Returns it."""
     if allow_empty and value == "":
         return value
-    check(isinstance(value, str) and bool(_COMPONENT.fullmatch(value))
-          and value not in (".", ".."), field, value,
-          "a single folder name: 1-128 letters, digits, '-', '_' or '.' (not '.' or '..')")
+    check(isinstance(value, str) and bool(_COMPONENT.fullmatch(value)), field, value,
+          "a single folder name: 1-128 letters, digits, '-', '_' or '.', starting with a letter "
+          "or digit")
     return value
