@@ -50,7 +50,9 @@ def split_documents(num_docs: int, eval_fraction: float, seed: int) -> np.ndarra
     if not 1 <= num_eval <= num_docs - 1:
         raise ValueError(
             f"eval_fraction={eval_fraction} of {num_docs} documents gives {num_eval} eval "
-            "documents; need at least 1 in eval and 1 in train"
+            "documents; need at least 1 in eval and 1 in train: use a corpus with more documents "
+            "(a file without <|endoftext|> lines or blank lines is one document) or another "
+            "eval fraction (tokenizer.eval_fraction)"
         )
     perm_D = np.random.default_rng(seed).permutation(num_docs)
     is_eval_D = np.zeros(num_docs, dtype=bool)

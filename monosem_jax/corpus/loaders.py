@@ -8,12 +8,24 @@ import re
 import unicodedata
 from pathlib import Path
 
+from absl import logging
+
 FORMATS = ("auto", "tinystories", "jsonl", "txt_dir", "paragraphs")
 
 # A separator line is `<|endoftext|>` with only horizontal whitespace around it (so "\r" too).
 _EOT_LINE_RE = re.compile(r"^[^\S\n]*<\|endoftext\|>[^\S\n]*$", re.MULTILINE)
 # Paragraph documents: a blank line (possibly holding spaces) between non-empty runs.
 _BLANK_LINES_RE = re.compile(r"\n[^\S\n]*\n\s*")
+# Control characters that are not whitespace: NUL..BS, SO..ESC, DEL and the C1 controls but NEL.
+# Loading replaces each by U+FFFD (the replacement character), one for one: label offsets stay
+# valid, the pre-tokenizer cuts words exactly where it did (both are neither letter, digit nor
+# space), and stray bytes show as a visible mark in samples, the browser and the report instead
+# of vanishing or driving a terminal (ESC sequences).
+_CONTROL_RE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+CONTROL_REPLACEMENT = "\ufffd"
+# A file with more NULs than this share of its characters is UTF-16 or binary, not UTF-8 text
+# (UTF-16 of Latin-script text is about half NULs; a stray NUL in real text is far below this).
+MAX_NUL_FRACTION = 0.25
 
 
 class CorpusError(ValueError):
@@ -38,11 +50,35 @@ def read_utf8(path: Path) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise CorpusError(
+                f"{path}: starts with a UTF-16 byte-order mark, not UTF-8 text; re-encode it, "
+                "e.g. `iconv -f utf-16 -t utf-8`"
+            ) from e
         raise CorpusError(
             f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start}); "
             "re-encode the file as UTF-8, e.g. `iconv -f cp1252 -t utf-8`"
         ) from e
-    return text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
+    nuls = text.count("\x00")
+    if nuls > MAX_NUL_FRACTION * len(text):
+        raise CorpusError(
+            f"{path}: {nuls} of its {len(text)} characters are NUL bytes, so it is UTF-16 or "
+            "binary data, not UTF-8 text; re-encode it, e.g. `iconv -f utf-16 -t utf-8`"
+        )
+    return text
+
+
+def replace_controls(docs: list[str]) -> tuple[list[str], int, int]:
+    """(docs with each non-whitespace control character made U+FFFD, characters replaced,
+    documents touched); other characters and every length stay as they were."""
+    out, replaced, touched = [], 0, 0
+    for doc in docs:
+        if _CONTROL_RE.search(doc) is not None:
+            doc, n = _CONTROL_RE.subn(CONTROL_REPLACEMENT, doc)
+            replaced, touched = replaced + n, touched + 1
+        out.append(doc)
+    return out, replaced, touched
 
 
 def _clean(docs: list[str]) -> list[str]:
@@ -143,7 +179,8 @@ def resolve_format(path: Path, fmt: str) -> str:
 
 
 def load_texts(path: str | os.PathLike, fmt: str = "auto") -> list[str]:
-    """Load a corpus as a list of stripped, non-empty, NFC, LF-only documents."""
+    """Load a corpus as a list of stripped, non-empty, NFC, LF-only documents, each control
+    character that is not whitespace replaced by U+FFFD (with a warning)."""
     path = Path(path)
     if fmt not in FORMATS:
         raise CorpusError(f"{path}: unknown corpus format {fmt!r}; use one of {FORMATS}")
@@ -160,4 +197,10 @@ def load_texts(path: str | os.PathLike, fmt: str = "auto") -> list[str]:
         "txt_dir": _load_txt_dir,
         "auto_file": _load_auto_file,
     }
-    return loaders[kind](path)
+    docs, replaced, touched = replace_controls(loaders[kind](path))
+    if replaced:
+        logging.warning(
+            "%s: replaced %d control characters (NUL, ESC, DEL, ...) in %d of %d documents by "
+            "U+FFFD, one for one (label offsets stay valid); they are not text", path, replaced,
+            touched, len(docs))
+    return docs

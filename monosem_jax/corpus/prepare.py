@@ -14,7 +14,7 @@ import time
 import ml_collections
 from absl import logging
 
-from monosem_jax import metrics_io, stage_config
+from monosem_jax import metrics_io, stage_config, workdir_lock
 from monosem_jax.corpus import dataset, generator, labels, loaders, tokenizer
 
 
@@ -29,6 +29,10 @@ class CorpusConfig:
     seed: int = 0
     max_documents: int = 0
     labels: str = ""  # a config from before the field reads as unlabelled
+    max_document_chars: int = 1_000_000  # 0 = no cap
+
+    def __post_init__(self):
+        stage_config.non_negative(self, ("max_document_chars",), "corpus.", "0 = no cap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,25 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def cap_documents(texts: list[str], spans: list | None, max_chars: int):
+    """(texts, spans, documents cut, spans dropped): each text longer than max_chars cut to its
+    first max_chars characters (then right-stripped), and the spans that no longer fit dropped."""
+    if max_chars <= 0:
+        return texts, spans, 0, 0
+    cut = [i for i, t in enumerate(texts) if len(t) > max_chars]
+    if not cut:
+        return texts, spans, 0, 0
+    texts, spans = list(texts), None if spans is None else list(spans)
+    dropped = 0
+    for i in cut:
+        texts[i] = texts[i][:max_chars].rstrip()
+        if spans is not None:
+            kept = tuple(s for s in spans[i] if s.end <= len(texts[i]))
+            dropped += len(spans[i]) - len(kept)
+            spans[i] = kept
+    return texts, spans, len(cut), dropped
+
+
 def _real_corpus(cfg: CorpusConfig):
     """(texts, spans or None, concepts, provenance) of `corpus.path` [+ `corpus.labels`].
 
@@ -81,6 +104,15 @@ def _real_corpus(cfg: CorpusConfig):
     if cfg.max_documents > 0:
         texts = texts[: cfg.max_documents]
         spans = None if spans is None else spans[: cfg.max_documents]
+    longest = max(map(len, texts))
+    texts, spans, num_cut, num_dropped = cap_documents(texts, spans, cfg.max_document_chars)
+    if num_cut:
+        logging.warning(
+            "corpus: cut %d of %d documents to corpus.max_document_chars=%d characters (the "
+            "longest had %d)%s; raise corpus.max_document_chars (0 = no cap) to keep them whole",
+            num_cut, len(texts), cfg.max_document_chars, longest,
+            f", dropping {num_dropped} label spans past the cut" if num_dropped else "")
+        provenance["documents_cut"] = num_cut  # in the summary: the text is not all the file's
     return texts, spans, concepts, provenance
 
 
@@ -106,6 +138,7 @@ def load_or_generate(cfg: CorpusConfig, corpus_dir: str):
     return texts, spans, labels.concepts_of(spans), {"source": "generated", "seed": cfg.seed}
 
 
+@workdir_lock.writer(lambda config: "corpus")
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the corpus stage into `workdir` (a no-op when its summary exists)."""
     t_start = time.time()
@@ -117,8 +150,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return finished
     # Read and check every input before writing anything: a bad labels file costs nothing in W.
     texts, spans, concepts, provenance = load_or_generate(corpus_cfg, corpus_dir)
+    # A corpus too small to split fails now, not after the tokenizer's training.
+    dataset.split_documents(len(texts), tok_cfg.eval_fraction, tok_cfg.split_seed)
     os.makedirs(workdir, exist_ok=True)
-    logging.info("corpus: %d documents, %d characters", len(texts), sum(map(len, texts)))
+    num_chars = sum(map(len, texts))
+    logging.info("corpus: %d documents, %d characters", len(texts), num_chars)
+    logging.info("tokenizer: training a %d-token byte-level BPE on %.1f MB of text",
+                 tok_cfg.vocab_size, num_chars / 1e6)
     t_tok = time.time()
     tok = tokenizer.train_tokenizer(texts, tok_cfg.vocab_size)
     tokenizer.save_tokenizer(tok, os.path.join(workdir, "tokenizer.json"))

@@ -4,28 +4,76 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from absl import logging
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
 EOT = "<|endoftext|>"
 MIN_VOCAB_SIZE = 256 + 1  # every byte plus the EOT special token
 MAX_CONCEPTS = 32  # one bit each in a uint32 mask
+
+# The longest "word" (pre-tokenizer piece) BPE sees, in characters, at training and encoding
+# alike. The BPE trainer's cost grows with the square of a word's length (measured: one 20 kB
+# word 0.25 s, one 100 kB word 6 s; so a 5 MB line without whitespace would take hours), so an
+# unbroken run is cut into pieces of at most this many characters (4x as many bytes at most).
+# 64 lies above the words of natural text (the longest English dictionary word has 45 letters)
+# and far above the longest merge a vocabulary of a few thousand tokens learns, so ordinary text
+# pre-tokenizes exactly as with GPT-2's rule.
+MAX_WORD_CHARS = 64
+# GPT-2's pre-tokenizer regex (the one `pre_tokenizers.ByteLevel(use_regex=True)` applies); ours
+# bounds each of its runs `+` to MAX_WORD_CHARS: on runs no longer than that the pieces are
+# GPT-2's, and a longer run becomes consecutive pieces of MAX_WORD_CHARS characters.
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_BOUNDED_PATTERN = GPT2_PATTERN.replace("+", f"{{1,{MAX_WORD_CHARS}}}")
+# Log the tokenizer's progress (training, encoding) at most this often.
+PROGRESS_EVERY_S = 10.0
 
 # Codepoints for which str.isspace() is true; all lie below U+3001.
 _WS_LIMIT = 0x3001
 _IS_WS_TABLE = np.array([chr(c).isspace() for c in range(_WS_LIMIT)], dtype=bool)
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int) -> tokenizers.Tokenizer:
-    """Train a byte-level BPE tokenizer with EOT as its only special token."""
+def pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """GPT-2's byte-level pre-tokenizer with words capped at MAX_WORD_CHARS characters.
+
+    Saved in tokenizer.json, so every encode (the dataset, prompts, the browser) applies the cap
+    that training did; the pieces tile the text, so decoding stays lossless.
+    """
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_BOUNDED_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
+def _logged_progress(texts: Sequence[str], every_s: float) -> Iterator[str]:
+    """The texts, logging every `every_s` seconds how many the trainer has read."""
+    t_start = last = time.monotonic()
+    for i, text in enumerate(texts):
+        now = time.monotonic()
+        if i and now - last >= every_s:
+            logging.info("tokenizer: read %d/%d documents (%.0f%%) in %.0f s",
+                         i, len(texts), 100 * i / len(texts), now - t_start)
+            last = now
+        yield text
+    if last > t_start:  # progress was logged: say what the remaining silence is
+        logging.info("tokenizer: read all %d documents in %.0f s; now choosing the merges",
+                     len(texts), time.monotonic() - t_start)
+
+
+def train_tokenizer(
+    texts: Sequence[str], vocab_size: int, *, progress_every_s: float = PROGRESS_EVERY_S
+) -> tokenizers.Tokenizer:
+    """Train a byte-level BPE tokenizer with EOT as its only special token (progress logged
+    every `progress_every_s` seconds while it reads the texts)."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size={vocab_size} is below {MIN_VOCAB_SIZE} (256 bytes + EOT)")
     tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -33,7 +81,9 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> tokenizers.Tokeniz
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(iter(texts), trainer=trainer, length=len(texts))
+    # The trainer counts words as it reads the iterator (most of its time), then merges.
+    texts_read = _logged_progress(texts, progress_every_s)
+    tok.train_from_iterator(texts_read, trainer=trainer, length=len(texts))
     return tok
 
 
@@ -60,9 +110,38 @@ def eot_id(tok: tokenizers.Tokenizer) -> int:
     return tid
 
 
-def encode_texts(tok: tokenizers.Tokenizer, texts: Sequence[str]) -> list[tokenizers.Encoding]:
-    """Batch-encode texts (in parallel, order kept) without adding special tokens."""
-    return tok.encode_batch(list(texts), add_special_tokens=False)
+def _batches_by_chars(texts: Sequence[str], chars_per_batch: int) -> Iterator[list[str]]:
+    """Consecutive runs of texts, each of about chars_per_batch characters (one text at least)."""
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= chars_per_batch:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def encode_texts(
+    tok: tokenizers.Tokenizer,
+    texts: Sequence[str],
+    *,
+    chars_per_batch: int = 4_000_000,
+    progress_every_s: float = PROGRESS_EVERY_S,
+) -> list[tokenizers.Encoding]:
+    """Batch-encode texts (in parallel, order kept) without adding special tokens, in batches of
+    about `chars_per_batch` characters, logging progress every `progress_every_s` seconds."""
+    encodings: list[tokenizers.Encoding] = []
+    t_start = last = time.monotonic()
+    for batch in _batches_by_chars(texts, chars_per_batch):
+        encodings.extend(tok.encode_batch(batch, add_special_tokens=False))
+        now = time.monotonic()
+        if now - last >= progress_every_s and len(encodings) < len(texts):
+            logging.info("tokenizer: encoded %d/%d documents (%.0f%%) in %.0f s", len(encodings),
+                         len(texts), 100 * len(encodings) / len(texts), now - t_start)
+            last = now
+    return encodings
 
 
 def _span_fields(span: Any) -> tuple[int, int, str]:

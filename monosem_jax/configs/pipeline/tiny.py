@@ -31,6 +31,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # {"story": i, "spans": [[start, end, "concept"], ...]} in character offsets (BUILD.md,
     # "Bring your own concept labels"); max_documents caps the labels too. "" = unlabelled.
     config.corpus.labels = ""
+    # Cap on characters per document of a real corpus (0 = no cap): a longer one is cut to its
+    # first max_document_chars characters, with a warning naming how many were cut. 1 M characters
+    # (a long novel) keeps real documents whole and a runaway one (a dump without separators)
+    # from dominating the corpus and the encoder's memory (the dataset holds per-token offsets).
+    config.corpus.max_document_chars = 1_000_000
 
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.vocab_size = 2048  # byte-level BPE size, incl. <|endoftext|>
