@@ -7,8 +7,8 @@ writer gets one line naming the holder's PID, host and command and exits 2 (`Wor
 user error). Readers (eval, browser, steer, search) take no lock and never wait.
 
 The lock is `fcntl.flock` on the file, so the kernel releases it when the holder dies, SIGKILL
-included: a stale lock cannot block anyone. The file keeps the last holder's identity; a new
-holder that finds one whose process is gone says it takes the lock over. Under jax.distributed
+included: a stale lock cannot block anyone. A clean exit removes the file; a killed holder's
+stays with its identity, and the next holder says it takes that lock over. Under jax.distributed
 only process 0 locks (one writer per cluster, the other processes share its run).
 """
 
@@ -92,18 +92,11 @@ def hold(workdir: str, part: str, enabled: bool = True):
         yield
         return
     lock_dir = os.path.join(workdir, LOCK_DIR)
+    created = [d for d in (workdir, lock_dir) if not os.path.isdir(d)]
     os.makedirs(lock_dir, exist_ok=True)
     path = os.path.join(lock_dir, f"{part}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lock(path, workdir, part)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkdirBusy(
-                f"{workdir} is in use: its '{part}' part is being written by "
-                f"{_describe(_read_record(fd))}; wait for it to finish or stop it "
-                "(readers such as monosem-eval need no lock), or use another --workdir"
-            ) from None
         previous = _read_record(fd)
         if previous and previous.get("pid") != os.getpid() and _alive(previous) is False:
             logging.warning("taking over the '%s' lock of %s, which is no longer running "
@@ -113,9 +106,38 @@ def hold(workdir: str, part: str, enabled: bool = True):
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps(_holder_record()).encode())
         os.fsync(fd)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)  # a clean exit leaves no record; only a killed holder does
+        yield
     finally:
-        os.close(fd)  # closing releases the flock
+        # A clean exit removes its file while it still holds it (only a killed holder leaves a
+        # record), then the folders it made for it: a command that failed leaves no trace.
+        os.unlink(path)
+        os.close(fd)  # releases the flock
+        for folder in reversed(created):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: the stage wrote something, or another lock is held
+                pass
+
+
+def _lock(path: str, workdir: str, part: str) -> int:
+    """An fd of `path` holding its flock; WorkdirBusy if another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(_read_record(fd))
+            os.close(fd)
+            raise WorkdirBusy(
+                f"{workdir} is in use: its '{part}' part is being written by {holder}; wait for "
+                "it to finish or stop it (readers such as monosem-eval need no lock), or use "
+                "another --workdir"
+            ) from None
+        # The last holder unlinks the file as it lets go: a lock on that unlinked file guards
+        # nothing, so lock the file now at `path` instead.
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
