@@ -8,3 +8,7 @@ class StoreError(RuntimeError):
 
 class WorkdirBusy(RuntimeError):
     """Another process is writing the same part of the work directory; one clear line."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint whose files fail their digest or do not decode; one clear line with the fix."""

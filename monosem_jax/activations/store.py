@@ -17,6 +17,10 @@ writer's record is `progress.<start>` (`progress` for start 0), merged into `pro
 store is completed. `<root>/<hook>/COMPLETE` (JSON: rows, d, dtype, bytes, norm_scale, checksums)
 is written last, by one process; a store without it is never read as complete. Checksums are, per
 array, Σ_r (r+1)·(Σ of row r's stored element bit patterns as unsigned ints) mod 2^64, as hex.
+Every inner chunk (of `acts` and of the int32 arrays) also carries a `crc32c` codec, checked by
+TensorStore on each read: a corrupted chunk is a StoreError naming the rows, never wrong values
+(the shard index has had its own crc32c from the start; stores written before the inner chunks
+had one are read as they are, unchecked).
 
 This module holds the layout (StoreSpec, kvstore paths, the key/array helpers both sides use) and
 the read side (`open_store`, `Store`, `is_complete`, `read_segments`). All TensorStore handles
@@ -155,18 +159,19 @@ class Store:
         self.norm_scale, self.complete = scale, complete
         self.hook, self.d, self.dtype = attributes["hook"], attributes["d"], attributes["dtype"]
         self.rows_per_shard = attributes["rows_per_shard"]
-        acts = open_array(hook_dir, "acts")
+        self._location = hook_dir["path"] if hook_dir.get("driver") == "file" else self.name
+        self._arrays = {n: open_array(hook_dir, n) for n in ("acts", *META_FIELDS)}
+        acts = self._arrays["acts"]
         self._acts = acts if self.dtype == "float32" else ts.cast(acts, ts.float32)
-        self._meta = {n: open_array(hook_dir, n) for n in META_FIELDS}
 
     def _check(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.rows:
             raise IndexError(f"rows [{start}, {stop}) outside {self.name} ({self.rows} rows)")
 
-    def read_rows_async(self, start: int, stop: int) -> ts.Future:
-        """Future of float32 [stop - start, d] rows, unscaled."""
+    def read_rows_async(self, start: int, stop: int) -> PendingRead:
+        """Pending float32 [stop - start, d] rows, unscaled (`.result()` waits for them)."""
         self._check(start, stop)
-        return self._acts[start:stop].read()
+        return PendingRead(self, "acts", self._acts[start:stop].read(), start, stop)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Float32 [stop - start, d] rows, unscaled."""
@@ -175,8 +180,43 @@ class Store:
     def read_meta(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """int32 token_id, doc_id, position of rows [start, stop)."""
         self._check(start, stop)
-        futures = {n: a[start:stop].read() for n, a in self._meta.items()}
-        return {n: f.result() for n, f in futures.items()}
+        pending = {n: PendingRead(self, n, self._arrays[n][start:stop].read(), start, stop)
+                   for n in META_FIELDS}
+        return {n: p.result() for n, p in pending.items()}
+
+    def corrupted(self, name: str, start: int, stop: int) -> StoreError:
+        """The error for a read of rows [start, stop) of array `name` that failed its checksum:
+        names the first inner chunk that fails (re-read chunk by chunk) and the fix."""
+        array = self._arrays[name]
+        chunk = int(array.chunk_layout.read_chunk.shape[0])
+        bad = (start, stop)
+        for lo in range(start - start % chunk, stop, chunk):
+            try:
+                array[max(lo, start) : min(lo + chunk, stop)].read().result()
+            except ValueError:
+                bad = (lo, min(lo + chunk, self.rows))
+                break
+        return StoreError(
+            f"activation store {self.name} is corrupted: rows [{bad[0]}, {bad[1]}) of {name} "
+            f"fail their checksum; delete {self._location} and rerun monosem-capture to capture "
+            f"hook {self.hook} again")
+
+
+class PendingRead:
+    """A read of rows [start, stop) of one array under way; `result()` raises a StoreError
+    naming the rows when a chunk fails its checksum (TensorStore's DATA_LOSS)."""
+
+    def __init__(self, store: Store, name: str, future: ts.Future, start: int, stop: int):
+        self._store, self._name, self._future = store, name, future
+        self._start, self._stop = start, stop
+
+    def result(self) -> np.ndarray:
+        try:
+            return self._future.result()
+        except ValueError as e:
+            if "DATA_LOSS" not in str(e):
+                raise
+            raise self._store.corrupted(self._name, self._start, self._stop) from e
 
 
 def open_store(

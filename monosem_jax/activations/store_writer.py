@@ -58,7 +58,9 @@ def _array_metadata(spec: StoreSpec, name: str, attributes: dict) -> dict:
     little = {"name": "bytes", "configuration": {"endian": "little"}}
     sharding = {
         "chunk_shape": [inner, *tail],
-        "codecs": [little],
+        # A CRC32C per inner chunk: a flipped bit is a read error, not a silently wrong row
+        # (stores written before this lack it and are read as they are).
+        "codecs": [little, {"name": "crc32c"}],
         "index_codecs": [little, {"name": "crc32c"}],
         "index_location": "end",
     }
