@@ -2,9 +2,9 @@
 
 It reads what the earlier stages wrote (metrics.jsonl files, the eval JSONs, the browser's
 per-feature records) and computes nothing new: LM loss curve, SAE training curves (and the
-sweep frontier when a sweep exists), the feature density histogram, a concept table per
-evaluated SAE (best feature and unit F1, probe ceiling, k-sparse probes), and five example
-features with their top contexts.
+sweep frontier when a sweep exists), the feature density histogram, SAEBench's core metrics
+and a concept table per evaluated SAE (best feature and unit F1, probe ceiling, k-sparse
+probes), and five example features with their top contexts.
 """
 
 from __future__ import annotations
@@ -136,6 +136,38 @@ def concept_table_lines(eval_json: dict) -> list[str]:
     return lines + [""]
 
 
+# SAEBench's core metrics shown per evaluated SAE: (column, group, key, format).
+SAEBENCH_COLUMNS = (
+    ("KL score", "model_behavior_preservation", "kl_div_score", ".3f"),
+    ("CE score", "model_performance_preservation", "ce_loss_score", ".3f"),
+    ("EV", "reconstruction_quality", "explained_variance", ".3f"),
+    ("MSE", "reconstruction_quality", "mse", ".4g"),
+    ("cos", "reconstruction_quality", "cossim", ".3f"),
+    ("L2 ratio", "shrinkage", "l2_ratio", ".3f"),
+    ("rel. bias", "shrinkage", "relative_reconstruction_bias", ".3f"),
+    ("L0", "sparsity", "l0", ".1f"),
+    ("L1", "sparsity", "l1", ".3g"),
+    ("alive", "misc_metrics", "frac_alive", ".3f"),
+    (">1%", "misc_metrics", "freq_over_1_percent", ".3f"),
+    (">10%", "misc_metrics", "freq_over_10_percent", ".3f"),
+    ("max dec. cos", "misc_metrics", "average_max_decoder_cosine_sim", ".3f"),
+)
+
+
+def saebench_table_lines(summaries: list[dict]) -> list[str]:
+    """SAEBench's core metrics, one row per evaluated SAE ("–" where an older eval lacks them)."""
+    lines = [
+        "| SAE | " + " | ".join(c[0] for c in SAEBENCH_COLUMNS) + " |",
+        "|---|" + "---|" * len(SAEBENCH_COLUMNS),
+    ]
+    for summary in summaries:
+        core = summary.get("saebench_core") or {}
+        cells = [_num((core.get(group) or {}).get(key), spec)
+                 for _, group, key, spec in SAEBENCH_COLUMNS]
+        lines.append(f"| `{summary['sae_name']}` | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def loss_by_position_line(loss_by_position: dict[str, float]) -> str:
     """'Loss by window position: 0-4: 1.75, 4-16: 0.98, ...' in position order (a summary's
     keys come back sorted as text: '16-32' before '4-16')."""
@@ -211,6 +243,15 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "live features correlate below 0.3 with every MLP neuron of their layer.",
         "",
     ]
+    evaluated = eval_summaries(workdir, name)
+    if any(e.get("saebench_core") for e in evaluated):
+        lines += [
+            "SAEBench core metrics (held out, hook units; scores are 1 for a perfect splice and 0 "
+            "for zero-ablation; rel. bias < 1 is shrinkage; max dec. cos: each latent's highest "
+            "decoder cosine with another latent, averaged):",
+            "",
+            *saebench_table_lines(evaluated),
+        ]
     if _plot_curves(
         os.path.join(report_dir, "sae_curves.png"),
         {
@@ -230,7 +271,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         shutil.copy(density, os.path.join(report_dir, "density.png"))
         lines += ["![feature density](report/density.png)", ""]
 
-    labelled = [e for e in eval_summaries(workdir, name) if e.get("concept_table")]
+    labelled = [e for e in evaluated if e.get("concept_table")]
     if labelled:
         lines += [
             "## Planted concepts: features, units and probes",

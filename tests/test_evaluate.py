@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from monosem_jax import metrics_io
-from monosem_jax.analysis import evaluate, features
+from monosem_jax.analysis import evaluate, features, saebench
 from monosem_jax.analysis import metrics as m
 from monosem_jax.configs.eval import default as eval_default
 from monosem_jax.gpt import artifact as gpt_artifact
@@ -143,6 +143,18 @@ def test_exact_splice_recovers_all_and_zero_ablation_hurts(smoke_lm_workdir):
     assert abs(ce["ce_loss_zero"] - ce["ce_loss_clean"]) > 5e-3  # (a 24-step smoke LM)
     assert ce["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
     assert m.sae_finish(totals)["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+    # SAEBench's view of an exact splice: every score 1, no shrinkage, nothing lost.
+    core, _ = saebench.core_finish(totals, contexts=8, context_len=tokens_BL.shape[1])
+    assert core["model_behavior_preservation"]["kl_div_with_sae"] == pytest.approx(0, abs=1e-5)
+    assert core["model_behavior_preservation"]["kl_div_with_ablation"] > 1e-3
+    assert core["model_behavior_preservation"]["kl_div_score"] == pytest.approx(1.0, abs=1e-3)
+    assert core["model_performance_preservation"]["ce_loss_score"] == ce["ce_loss_recovered"]
+    for group, key in (("reconstruction_quality", "cossim"), ("shrinkage", "l2_ratio"),
+                       ("shrinkage", "relative_reconstruction_bias"),
+                       ("reconstruction_quality", "explained_variance")):
+        assert core[group][key] == pytest.approx(1.0, abs=1e-5), key
+    assert core["reconstruction_quality"]["mse"] == pytest.approx(0.0, abs=1e-8)
+    assert core["sparsity"]["l0"] == pytest.approx(d, rel=0.1)  # ReLU([x, -x]): ~one per dim
 
 
 def test_evaluate_smoke_end_to_end(sae_workdir, capsys):
@@ -224,6 +236,7 @@ def test_report_shows_every_evaluated_sae_with_probe_columns(sae_workdir, copy_w
     summary = evaluate.evaluate(config, workdir)
     # A second SAE's evaluation from before the probes existed: its probe cells show "–".
     legacy = {**summary, "sae_name": "legacy"}
+    del legacy["saebench_core"]  # nor SAEBench's metrics: "–" in their table
     legacy["concept_table"] = [{k: v for k, v in r.items() if "probe" not in k}
                                for r in summary["concept_table"]]
     for key in [k for k in legacy if "probe" in k or k == "concepts_feature_beats_unit"]:
@@ -233,6 +246,12 @@ def test_report_shows_every_evaluated_sae_with_probe_columns(sae_workdir, copy_w
     report.write_report(config, workdir)
     with open(os.path.join(workdir, "report.md")) as f:
         text = f.read()
+    bench = text[text.index("| SAE | KL score |"):].split("\n")
+    core = summary["saebench_core"]
+    assert bench[2].startswith(f"| `{summary['sae_name']}` | "
+                               f"{core['model_behavior_preservation']['kl_div_score']:.3f} | "
+                               f"{core['model_performance_preservation']['ce_loss_score']:.3f} |")
+    assert bench[3] == "| `legacy` |" + " – |" * 13
     section = text[text.index("## Planted concepts"):]
     assert section.index(f"### `{summary['sae_name']}`") < section.index("### `legacy`")  # default
     header = "| probe ceiling | k=1 | k=2 | k=5 | k=1 / ceiling |"

@@ -2,15 +2,15 @@
 
 On the eval split's context windows (never seen by the LM's or the SAE's training) one jitted
 step per batch runs the LM three times (clean, SAE spliced in at the hook, hook zero-ablated)
-and returns sums: reconstruction and sparsity, CE and KL, streamed correlations of features with
-the MLP neurons of the hook's block and with the hook's own dimensions, and per-threshold
-true-positive counts of every feature and every neuron against the planted concept labels. The
-host adds them up in float64, so memory does not grow with `max_tokens`: one batch, the
-[features, neurons + dims] cross-products, and the token sample (`threshold_sample_tokens`) that
-sets each unit's detection thresholds and correlation shift in a short first pass. On a labelled
-corpus a last pass over a window sample (`probe_tokens`) feeds the probes (`probes.py`): per
-concept a logistic probe on the hook's activations (the ceiling) and k-sparse probes on SAE
-latents, both scored on held-out windows.
+and returns sums: reconstruction and sparsity, CE and KL, SAEBench's core metrics
+(`saebench.py`), streamed correlations of features with the MLP neurons of the hook's block and
+with the hook's own dimensions, and per-threshold true-positive counts of every feature and
+every neuron against the planted concept labels. The host adds them up in float64, so memory
+does not grow with `max_tokens`: one batch, the [features, neurons + dims] cross-products, and
+the token sample (`threshold_sample_tokens`) that sets each unit's detection thresholds and
+correlation shift in a short first pass. On a labelled corpus a last pass over a window sample
+(`probe_tokens`) feeds the probes (`probes.py`): per concept a logistic probe on the hook's
+activations (the ceiling) and k-sparse probes on SAE latents, both scored on held-out windows.
 
 Several processes (jax.distributed) evaluate as one: the mesh spans every process's devices,
 each global batch's contexts are split over them (each process copies only its own devices'
@@ -22,10 +22,11 @@ same global mesh to float tolerance, except the probes' F1: XLA:CPU compiles the
 differently for processes with different device counts, and the smoke probes (100 steps, weak
 L2) amplify those last bits.
 
-Outputs, in `W/eval/`: `<name>.json` (the summary, also the last stdout line),
-`<name>_density.png` (feature density histogram) and `<name>_features.npz` (per-feature density
-and best neuron / residual correlations). A rerun recomputes everything (about a minute on CPU
-for the default pipeline, and deterministic) and overwrites these files.
+Outputs, in `W/eval/`: `<name>.json` (the summary, also the last stdout line; SAEBench's
+nested metrics under "saebench_core"), `<name>_density.png` (feature density histogram) and
+`<name>_features.npz` (per-feature density, best neuron / residual correlations, SAEBench's
+per-latent arrays). A rerun recomputes everything (about a minute on CPU for the default
+pipeline, and deterministic) and overwrites these files.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import numpy as np
 from absl import logging
 
 from monosem_jax import batching, config_values, distributed, metrics_io, parallel, stage_config
-from monosem_jax.analysis import features, probes
+from monosem_jax.analysis import features, probes, saebench
 from monosem_jax.analysis import metrics as m
 from monosem_jax.corpus import dataset
 from monosem_jax.gpt import artifact as gpt_artifact
@@ -155,27 +156,20 @@ def batch_sums(lm_params, sae: TrainedSAE, norm_scale, tokens_BL, valid_B, label
         st.model_cfg, lm_params, tokens_BL,
         intervene={st.hook: lambda v: jnp.where(splice_1L1, jnp.zeros_like(v), v)},
     )
-    # Position t predicts token t + 1: score the predictions made from evaluated positions.
-    pred_BL, targets_BL = mask_BL[:, :-1], tokens_BL[:, 1:]
-    sums = {
-        "ce_clean": m.ce_sum(logits_BLV[:, :-1], targets_BL, pred_BL),
-        "ce_spliced": m.ce_sum(spliced_BLV[:, :-1], targets_BL, pred_BL),
-        "ce_zero": m.ce_sum(zeroed_BLV[:, :-1], targets_BL, pred_BL),
-        "kl_spliced": m.kl_sum(logits_BLV[:, :-1], spliced_BLV[:, :-1], pred_BL),
-        "predictions": jnp.sum(pred_BL.astype(jnp.float32)),
-    }
+    sums = m.lm_sums(logits_BLV, spliced_BLV, zeroed_BLV, tokens_BL, mask_BL)
+    sums.update(saebench.core_sums(x_BLD, xhat_BLD, feats_NF.reshape(*mask_BL.shape, -1), mask_BL))
     mask_N = mask_BL.reshape(-1)
     x_ND = x_BLD.reshape(-1, x_BLD.shape[-1])
     # Reconstruction in SAE input units (as the SAE stage's summary reports mse).
     err_ND = jnp.where(mask_N[:, None], (x_ND - xhat_BLD.reshape(x_ND.shape)) * norm_scale, 0.0)
     xs_ND = jnp.where(mask_N[:, None], x_ND * norm_scale, 0.0)
-    fires_NF = (feats_NF > 0) & mask_N[:, None]
     sums.update(
         sse=jnp.sum(err_ND**2),
         sum_sq=jnp.sum(xs_ND**2),
         sum_x_D=jnp.sum(xs_ND, axis=0),
-        active=jnp.sum(fires_NF.astype(jnp.float32)),
-        fires_F=jnp.sum(fires_NF.astype(jnp.float32), axis=0),
+        # Firing counts from SAEBench's sums (f != 0: the same as f > 0, every variant is >= 0).
+        active=jnp.sum(sums["sb_fires_F"]),
+        fires_F=sums["sb_fires_F"],
     )
     units_NU = jnp.concatenate([neurons_NM, x_ND], axis=1)
     sums.update(m.corr_chunk(feats_NF, units_NU, aux["shift_F"], aux["shift_U"], mask_N))
@@ -282,16 +276,11 @@ def _thresholds_and_shifts(lm_params, sae: TrainedSAE, norm_scale, windows_WL, c
 def _no_concepts(unlabelled: bool) -> dict:
     """Concept fields of a corpus without planted-concept labels: null, with the reason."""
     reason = "the corpus has no concept labels" if unlabelled else "the corpus names no concepts"
-    return {
-        "concept_f1": None,
-        "concept_f1_neuron": None,
-        "concepts_recovered_fraction": None,
-        "concepts_recovered_fraction_neuron": None,
-        "concept_table": None,
-        "concepts_feature_beats_unit": None,
-        "concepts_sparse_probe_k1_over_ceiling_ge_0_9": None,
-        "concept_note": f"{reason} (e.g. real text); concept recovery skipped",
-    }
+    skipped = ("concept_f1", "concept_f1_neuron", "concepts_recovered_fraction",
+               "concepts_recovered_fraction_neuron", "concept_table", "concepts_feature_beats_unit",
+               "concepts_sparse_probe_k1_over_ceiling_ge_0_9")
+    return {**dict.fromkeys(skipped), "concept_note": f"{reason} (e.g. real text); concept "
+            "recovery skipped"}
 
 
 def density_plot(path: str, density_F: np.ndarray, title: str) -> None:
@@ -383,13 +372,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        mesh, summary["concept_table"]))
     else:
         summary.update(_no_concepts(split.labels_N is None))
+    weights = saebench.weight_metrics(*parallel.to_host((sae.params["w_enc_DF"],
+                                                          sae.params["w_dec_FD"])))
+    summary["saebench_core"], per_latent = saebench.core_finish(
+        totals, contexts=windows_WL.shape[0], context_len=length, weights=weights)
+    summary["max_decoder_cosine_sim"] = saebench.cosine_stats(weights["max_decoder_cosine_sim_F"])
     density_F = totals["fires_F"] / totals["n"]
     png = os.path.join(out_dir, f"{sae.name}_density.png")
     if distributed.is_primary():  # every process holds the same totals; one writes them
         os.makedirs(out_dir, exist_ok=True)
         density_plot(png, density_F, f"{sae.name} @ {sae.hook}, {int(totals['n'])} eval tokens")
         np.savez(os.path.join(out_dir, f"{sae.name}_features.npz"), density_F=density_F,
-                 **per_feature)
+                 **per_feature, **per_latent)
     summary["density_png"] = png
     summary["wall_s"] = time.time() - t_start
     return metrics_io.finish_summary(os.path.join(out_dir, f"{sae.name}.json"), summary)

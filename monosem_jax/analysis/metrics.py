@@ -24,19 +24,55 @@ def ce_loss_recovered(clean: float, spliced: float, zero: float) -> float:
     return (zero - spliced) / gap if gap != 0 else math.nan
 
 
+def nll_from_logp(logp_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
+    """Next-token cross-entropy [B, L] (nats) of log-probabilities and their targets."""
+    return -jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
+
+
+def kl_from_logp(logp_BLV: jax.Array, logq_BLV: jax.Array) -> jax.Array:
+    """KL(p ‖ q) [B, L] per position of two log-probability arrays."""
+    return jnp.sum(jnp.exp(logp_BLV) * (logp_BLV - logq_BLV), axis=-1)
+
+
+def _log_softmax(logits_BLV: jax.Array) -> jax.Array:
+    return jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+
+
 def ce_sum(logits_BLV: jax.Array, targets_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
     """Summed next-token cross-entropy (nats) over the positions where mask is set."""
-    logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
-    nll_BL = -jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(mask_BL, nll_BL, 0.0))
+    return jnp.sum(jnp.where(mask_BL, nll_from_logp(_log_softmax(logits_BLV), targets_BL), 0.0))
 
 
 def kl_sum(logits_p_BLV: jax.Array, logits_q_BLV: jax.Array, mask_BL: jax.Array) -> jax.Array:
     """Summed KL(p ‖ q) of the two next-token distributions over the masked positions."""
-    logp_BLV = jax.nn.log_softmax(logits_p_BLV.astype(jnp.float32), axis=-1)
-    logq_BLV = jax.nn.log_softmax(logits_q_BLV.astype(jnp.float32), axis=-1)
-    kl_BL = jnp.sum(jnp.exp(logp_BLV) * (logp_BLV - logq_BLV), axis=-1)
+    kl_BL = kl_from_logp(_log_softmax(logits_p_BLV), _log_softmax(logits_q_BLV))
     return jnp.sum(jnp.where(mask_BL, kl_BL, 0.0))
+
+
+def lm_sums(clean_BLV: jax.Array, spliced_BLV: jax.Array, zeroed_BLV: jax.Array,
+            tokens_BL: jax.Array, mask_BL: jax.Array) -> dict[str, jax.Array]:
+    """CE and KL sums of the clean, spliced and zero-ablated runs; one log-softmax per run.
+
+    Position t predicts token t + 1: CE (and kl_spliced) count the predictions made from kept
+    positions ("predictions"); SAEBench's KLs (kl_sae_kept, kl_zero_kept: KL(clean ‖ run)) count
+    every kept position, the last one too (saebench.py; its count is sb_n).
+    """
+    clean, spliced, zeroed = (_log_softmax(a) for a in (clean_BLV, spliced_BLV, zeroed_BLV))
+    pred_BL, targets_BL = mask_BL[:, :-1], tokens_BL[:, 1:]
+
+    def ce(logp_BLV):
+        return jnp.sum(jnp.where(pred_BL, nll_from_logp(logp_BLV[:, :-1], targets_BL), 0.0))
+
+    kl_sae_BL, kl_zero_BL = kl_from_logp(clean, spliced), kl_from_logp(clean, zeroed)
+    return {
+        "ce_clean": ce(clean),
+        "ce_spliced": ce(spliced),
+        "ce_zero": ce(zeroed),
+        "kl_spliced": jnp.sum(jnp.where(pred_BL, kl_sae_BL[:, :-1], 0.0)),
+        "predictions": jnp.sum(pred_BL.astype(jnp.float32)),
+        "kl_sae_kept": jnp.sum(jnp.where(mask_BL, kl_sae_BL, 0.0)),
+        "kl_zero_kept": jnp.sum(jnp.where(mask_BL, kl_zero_BL, 0.0)),
+    }
 
 
 def accumulate(totals: dict | None, chunk: dict) -> dict:
