@@ -164,6 +164,12 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _kl_score(eval_summary: dict):
+    """SAEBench's kl_div_score of an eval summary (None for one written before it existed)."""
+    core = eval_summary.get("saebench_core") or {}
+    return (core.get("model_behavior_preservation") or {}).get("kl_div_score")
+
+
 # The 2-3 numbers of each stage's summary that tell whether it worked.
 HEADLINES = {
     "corpus": lambda s: f"{_fmt(s.get('documents'), ',')} documents, "
@@ -175,8 +181,9 @@ HEADLINES = {
                       f"{_fmt(s.get('tokens_per_s'), ',.0f')} tok/s",
     "sae": lambda s: f"{s.get('name')}: EV {_fmt(s.get('explained_variance'), '.3f')}, "
                      f"L0 {_fmt(s.get('l0'), '.1f')}, {_fmt(s.get('tokens_per_s'), ',.0f')} tok/s",
-    "eval": lambda s: f"CE recovered {_fmt(s.get('ce_loss_recovered'), '.4f')}, "
-                      f"dead {_fmt(s.get('dead_fraction'), '.1%')}, feature beats neuron on "
+    "eval": lambda s: f"CE recovered {_fmt(s.get('ce_loss_recovered'), '.4f')}, KL score "
+                      f"{_fmt(_kl_score(s), '.4f')}, dead {_fmt(s.get('dead_fraction'), '.1%')}, "
+                      "feature beats neuron on "
                       f"{_fmt(s.get('concepts_feature_beats_unit'), 'd')}/"
                       f"{_fmt(s.get('concepts_probed'), 'd')} concepts",
     "browser": lambda s: f"{_fmt(s.get('features_written'), ',')} feature pages",
