@@ -88,6 +88,21 @@ def make_sae(a, d_in: int):
         **common, l0_coefficient=a.l0, jumprelu_init_threshold=0.001, jumprelu_bandwidth=0.001))
 
 
+def trainer_config(steps: int, batch: int, lr: float, autocast: bool = False):
+    """SAETrainer's settings here: constant lr, Adam(0.9, 0.999), no checkpoints, no wandb."""
+    from sae_lens import LoggingConfig
+    from sae_lens.config import SAETrainerConfig
+
+    return SAETrainerConfig(
+        total_training_samples=steps * batch, train_batch_size_samples=batch,
+        lr=lr, lr_end=lr, lr_scheduler_name="constant", lr_warm_up_steps=0,
+        lr_decay_steps=0, adam_beta1=0.9, adam_beta2=0.999, device="cpu",
+        autocast=autocast, dead_feature_window=1000, feature_sampling_window=2000,
+        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
+    )
+
+
 def heldout(sae, held: torch.Tensor, d_sae: int) -> dict:
     sae.eval()
     sq_err, l0_sum = 0.0, 0.0
@@ -111,22 +126,14 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     import sae_lens
-    from sae_lens import LoggingConfig, SAETrainer
-    from sae_lens.config import SAETrainerConfig
+    from sae_lens import SAETrainer
 
     arr = np.load(a.acts)
     assert arr.dtype == np.float32 and arr.ndim == 2, (arr.dtype, arr.shape)
     n, d_in = arr.shape
     data, held = torch.from_numpy(arr[:n - a.holdout]), torch.from_numpy(arr[n - a.holdout:])
     sae = make_sae(a, d_in)
-    tcfg = SAETrainerConfig(
-        total_training_samples=a.steps * a.batch, train_batch_size_samples=a.batch,
-        lr=a.lr, lr_end=a.lr, lr_scheduler_name="constant", lr_warm_up_steps=0,
-        lr_decay_steps=0, adam_beta1=0.9, adam_beta2=0.999, device="cpu",
-        autocast=a.autocast, dead_feature_window=1000, feature_sampling_window=2000,
-        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
-        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
-    )
+    tcfg = trainer_config(a.steps, a.batch, a.lr, a.autocast)
     step_end, last = [], {}
 
     class TimedTrainer(SAETrainer):
