@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.resources
 import os
+import re
 import sys
 import tempfile
 import time
@@ -14,6 +16,8 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from monosem_jax import distributed
 from monosem_jax.errors import CorruptCheckpoint, StoreError, WorkdirBusy
@@ -53,10 +57,48 @@ def current_flags() -> flags.FlagValues:
 
 # An error of a binary's --config overrides met while its flags were defined, by FlagValues id.
 _definition_error: dict[int, str] = {}
+# The default --config file of a binary, by FlagValues id (to name a bad override).
+_default_config: dict[int, str] = {}
+
+
+def _config_file(flag_values: flags.FlagValues, argv: list[str]) -> str:
+    """The --config file (path[:arg]) of the command line, else the binary's default."""
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return files[-1] if files else _default_config.get(id(flag_values), "")
+
+
+def _override_error(flag_values: flags.FlagValues, argv: list[str]) -> str | None:
+    """The line for a config that does not take argv's overrides: its file missing, or the
+    first `--config.<key>` that names no field (an unknown key, or a key below a leaf such as
+    --config.name.x); None when neither (the file itself is broken: its own error is shown)."""
+    file = _config_file(flag_values, argv)
+    if not os.path.exists(file.split(":", 1)[0]):
+        return f"cannot load the --config file {file.split(':', 1)[0]}: no such file"
+    try:
+        config = ConfigFileFlagParser("config").parse(file)
+    except Exception:  # noqa: BLE001 - a file that does not load
+        return None
+    if not isinstance(config, ml_collections.ConfigDict):
+        return None
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            negated_bool = key.startswith("no") and _field_type(config, key[2:]) is bool
+            if _field_type(config, key) is None and not negated_bool:  # --config.noflag: False
+                return f"bad --config override: the config has no field {key!r}"
+    return None
+
+
+def _field_type(config: ml_collections.ConfigDict, key: str) -> type | None:
+    try:
+        return config_path.get_type(key, config)
+    except Exception:  # noqa: BLE001 - KeyError, TypeError (a key below a leaf), IndexError
+        return None
 
 
 def define_flags(default_config_path: str) -> None:
     flag_values = current_flags()
+    _default_config[id(flag_values)] = default_config_path
     try:
         config_flags.DEFINE_config_file(
             "config",
@@ -70,9 +112,9 @@ def define_flags(default_config_path: str) -> None:
         # ml_collections reads the --config.<key> overrides of the command line here: an
         # unknown key fails now, before any flag is parsed; reported once the binary runs.
         flags.DEFINE_string("config", None, "Config file (path[:arg]).", flag_values=flag_values)
-        field = _first_line(e).strip('"')
         _definition_error[id(flag_values)] = (
-            f"bad --config override: the config has no field {field}")
+            _override_error(flag_values, _in_process.argv if _in_process else sys.argv)
+            or f"bad --config override: {_first_line(e)}")
     flags.DEFINE_string(
         "workdir", None, "Work directory holding every stage's outputs.", flag_values=flag_values
     )
@@ -109,6 +151,11 @@ def _main(fn, flag_values: flags.FlagValues, argv: list[str]) -> int:
     except Exception as e:
         if os.environ.get("MONOSEM_DEBUG"):
             raise
+        if _out_of_space(e):  # the environment, not a bug: free space and run the same command
+            print(f"error: no space left on the device ({_first_line(e)}); free some "
+                  "space and rerun the same command (finished work is kept)",
+                  file=sys.stderr, flush=True)
+            return 2
         if not distributed.is_multiprocess():
             # Not a user error: one line still, and the traceback kept in a file for a report.
             where = _save_traceback(workdir)
@@ -125,6 +172,14 @@ def _main(fn, flag_values: flags.FlagValues, argv: list[str]) -> int:
         sys.stdout.flush()
         os._exit(3)
     return 0
+
+
+def _out_of_space(e: BaseException) -> bool:
+    """A write that failed for a full disk or quota: ENOSPC/EDQUOT, or NumPy's short write
+    (`np.save` of an array: "N requested and M written"), which carries no errno."""
+    return isinstance(e, OSError) and (
+        e.errno in (errno.ENOSPC, errno.EDQUOT)
+        or re.fullmatch(r"\d+ requested and \d+ written", str(e)) is not None)
 
 
 def _save_traceback(workdir: str) -> str:
@@ -174,9 +229,10 @@ def _parse_flags(flag_values: flags.FlagValues, argv: list[str]) -> list[str] | 
             message = f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
         print(f"error: {message}", file=sys.stderr, flush=True)
         return None
-    except Exception as e:  # a config file that does not even compile (SyntaxError, ...)
-        print(f"error: cannot load the --config file: {type(e).__name__}: {_first_line(e)}",
-              file=sys.stderr, flush=True)
+    except Exception as e:  # an override the --config file lacks; a file that does not compile
+        message = (_override_error(flag_values, argv)
+                   or f"cannot load the --config file: {type(e).__name__}: {_first_line(e)}")
+        print(f"error: {message}", file=sys.stderr, flush=True)
         return None
 
 

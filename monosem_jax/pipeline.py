@@ -20,12 +20,24 @@ from collections.abc import Callable
 import ml_collections
 from absl import logging
 
-from monosem_jax import cli, config_values, distributed, metrics_io, report, workdir_lock
+from monosem_jax import (
+    cli,
+    config_values,
+    distributed,
+    metrics_io,
+    observe,
+    report,
+    stage_config,
+    workdir_lock,
+)
 from monosem_jax.activations import capture
 from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import prepare
+from monosem_jax.gpt import step as gpt_step
 from monosem_jax.gpt import train as gpt_train
+from monosem_jax.sae import model as sae_model
+from monosem_jax.sae import run as sae_run
 from monosem_jax.sae import train as sae_train
 
 
@@ -96,7 +108,11 @@ def _browse_stage(config, workdir):
 
 
 def _report_stage(config, workdir):
-    return report.write_report(config.eval, workdir)
+    # Like every stage, a finished report is kept as it is: a pipeline killed after the report
+    # (while writing W/summary.json) reruns without rewriting it.
+    finished = metrics_io.finished_summary(os.path.join(workdir, "report", "summary.json"),
+                                           "report")
+    return finished if finished is not None else report.write_report(config.eval, workdir)
 
 
 STAGES = (
@@ -112,6 +128,22 @@ STAGES = (
     Stage("report", ("corpus", "tokenizer", "lm", "capture", "sae", "eval", "browse",
                      "compare_variants"), _report_stage, primary_only=True),
 )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every section read as its stage will read it, before any stage runs: a bad value in a late
+    section (sae.k, browse.top_n) is one error now, with nothing written, not one after the
+    corpus and the LM. (What needs the work dir, such as a hook of the LM or a file, is checked
+    by its stage, still before that stage writes.)"""
+    prepare.configs_from(config)
+    gpt_step.configs_from(config.lm)
+    observe.check_profile_steps(config.lm.get("profile_steps", 0), "lm.profile_steps")
+    capture.capture_config_from(config.capture)
+    sae_run.check_hparams(sae_run.TrainConfig.from_config(config.sae))
+    evaluate.eval_config_from(config.eval)
+    browser_write.browse_config_from(config.browse)
+    for variant in config_values.str_tuple("compare_variants", config.compare_variants):
+        stage_config.one_of("compare_variants", variant, sae_model.VARIANTS)
 
 
 def _sections_json(config: ml_collections.ConfigDict, sections) -> dict:
@@ -227,6 +259,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Prints, last, a table for a person (`summary_table`) and then the summary as one JSON line.
     """
     t_start = time.time()
+    check_config(config)
     os.makedirs(workdir, exist_ok=True)
     summaries, seconds = {}, {}
     for i, stage in enumerate(STAGES):

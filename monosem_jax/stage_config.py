@@ -13,6 +13,9 @@ The stage's body then reads only the dataclass; no ConfigDict reaches `jit`.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import numbers
 import re
 from collections.abc import Iterable
 
@@ -42,18 +45,36 @@ def check(ok: bool, field: str, value, valid: str) -> None:
         raise invalid(field, value, valid)
 
 
+# JAX's integers are int32 (x64 off): a count, size, id or seed at or above this overflows.
+INT_LIMIT = 2**31
+
+
+def number(field: str, value, valid: str):
+    """value, a real number: finite, and an integer below INT_LIMIT in magnitude (`valid` says
+    what else the field needs, for the error). Returns it."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        check(abs(value) < INT_LIMIT, field, value, f"{valid}, below 2**31")
+    else:
+        check(isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and math.isfinite(value), field, value, f"{valid}, a finite number")
+    return value
+
+
 def positive(cfg, names: Iterable[str], prefix: str = "") -> None:
-    """Each named field of the dataclass `cfg` is > 0 (`prefix`: the config's name for it)."""
+    """Each named field of the dataclass `cfg` is a `number` > 0 (`prefix`: the config's name
+    for it)."""
     for name in names:
-        value = getattr(cfg, name)
+        value = number(prefix + name, getattr(cfg, name), "> 0")
         check(value > 0, prefix + name, value, "> 0")
 
 
 def non_negative(cfg, names: Iterable[str], prefix: str = "", note: str = "") -> None:
-    """Each named field of the dataclass `cfg` is >= 0 (`note`: what 0 means, e.g. '0 = all')."""
+    """Each named field of the dataclass `cfg` is a `number` >= 0 (`note`: what 0 means, e.g.
+    '0 = all')."""
     for name in names:
-        value = getattr(cfg, name)
-        check(value >= 0, prefix + name, value, f">= 0 ({note})" if note else ">= 0")
+        valid = f">= 0 ({note})" if note else ">= 0"
+        value = number(prefix + name, getattr(cfg, name), valid)
+        check(value >= 0, prefix + name, value, valid)
 
 
 def one_of(field: str, value, choices: Iterable) -> None:
@@ -74,4 +95,16 @@ def path_component(field: str, value, allow_empty: bool = False):
     check(isinstance(value, str) and bool(_COMPONENT.fullmatch(value)), field, value,
           "a single folder name: 1-128 letters, digits, '-', '_' or '.', starting with a letter "
           "or digit")
+    return value
+
+
+def path_or_spec(field: str, value: str) -> str:
+    """value, a path, or a JSON TensorStore kvstore spec when it starts with '{' (which must then
+    parse). Returns it."""
+    if value.lstrip().startswith("{"):
+        try:
+            spec = json.loads(value)
+        except ValueError as e:
+            raise invalid(field, value, f"a path, or a JSON kvstore spec ({e})") from None
+        check(isinstance(spec, dict), field, value, "a path, or a JSON kvstore spec (an object)")
     return value

@@ -37,16 +37,19 @@ def test_bad_corpus_is_one_clear_line(tmp_path, content, message, run):
     assert last.startswith("error: ") and str(path) in last
     assert re.search(message, last, re.IGNORECASE), last
     assert not (tmp_path / "w" / "corpus" / "summary.json").exists()
+    # The failed first attempt takes its record back: the corrected command is not refused as
+    # "a different config".
+    assert not (tmp_path / "w" / "pipeline" / "corpus.json").exists()
 
 
 def test_bad_config_value_is_one_clear_line(tmp_path, run):
     out = run(tmp_path / "w", "--config.lm.model.n_heads=3")
     assert out.returncode == 2
     assert "n_heads" in out.stderr.strip().splitlines()[-1]
-    # The corpus stage finished and keeps its record; the rejected lm config is not recorded,
-    # so the corrected command is not refused as "a different config".
-    assert (tmp_path / "w" / "pipeline" / "corpus.json").exists()
-    assert not (tmp_path / "w" / "pipeline" / "lm.json").exists()
+    # Every section is checked before the first stage (pipeline.check_config): nothing ran and
+    # nothing is recorded, so the corrected command starts clean.
+    assert not (tmp_path / "w" / "corpus").exists()
+    assert not (tmp_path / "w" / "pipeline").exists()
 
 
 def test_changed_config_on_a_finished_stage_is_refused(tmp_path):

@@ -66,8 +66,11 @@ class CaptureConfig:
         stage_config.check(bool(self.hooks), "hooks", self.hooks, "one or more hook names")
         stage_config.one_of("dtype", self.dtype, ("float32", "bfloat16"))
         stage_config.one_of("split", self.split, ("train", "eval"))
-        stage_config.positive(self, ("batch_size", "rows_per_shard", "max_in_flight"))
+        stage_config.positive(self, ("batch_size", "rows_per_shard", "max_in_flight",
+                                     "forward_only_batches"))
         stage_config.non_negative(self, ("positions_per_context", "max_rows"), note="0 = all")
+        stage_config.non_negative(self, ("seed",))  # numpy's seeds are >= 0
+        stage_config.path_or_spec("kvstore", self.kvstore)
 
 
 def capture_config_from(config: ml_collections.ConfigDict) -> CaptureConfig:

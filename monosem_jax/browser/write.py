@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -245,12 +246,15 @@ class BrowseConfig:
     label_min_f1: float = 0.3
 
     def __post_init__(self):
+        stage_config.path_component("sae_name", self.sae_name, allow_empty=True)  # W/sae/<name>
         stage_config.one_of("split", self.split, dataset.SPLITS)
         stage_config.positive(
             self, ("top_n", "sample_size", "quantile_bins", "per_bin", "logit_top", "batch_size")
         )
         stage_config.non_negative(self, ("context_before", "context_after"))
         stage_config.non_negative(self, ("max_tokens", "max_features"), note="0 = all")
+        stage_config.check(0 <= self.label_min_f1 <= 1, "label_min_f1", self.label_min_f1,
+                           "an F1 in [0, 1]")
 
     def interpret(self) -> interp.InterpretConfig:
         """The interpretation library's settings."""
@@ -347,7 +351,11 @@ def browse(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     t_write = time.time()
     tmp_dir = f"{out_dir}.tmp{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    # Sites a killed or failed (full disk) earlier run left half-written: this process holds
+    # the browser lock, so no other writer is using them.
+    for suffix in (".tmp*", ".old*"):
+        for stale in glob.glob(glob.escape(out_dir) + suffix):
+            shutil.rmtree(stale, ignore_errors=True)
     records = (
         feature_record(
             i, stats, effects, windows_WL, cfg, vocab, concepts, browse_cfg.label_min_f1

@@ -32,7 +32,18 @@ class CorpusConfig:
     max_document_chars: int = 1_000_000  # 0 = no cap
 
     def __post_init__(self):
+        stage_config.one_of("corpus.format", self.format, loaders.FORMATS)
+        stage_config.positive(self, ("num_stories",), "corpus.")
+        stage_config.check(0 <= self.french_fraction <= 1, "corpus.french_fraction",
+                           self.french_fraction, "a fraction in [0, 1]")
+        stage_config.non_negative(self, ("seed",), "corpus.")
+        stage_config.non_negative(self, ("max_documents",), "corpus.", "0 = all")
         stage_config.non_negative(self, ("max_document_chars",), "corpus.", "0 = no cap")
+        if self.labels and not self.path:
+            raise ValueError(
+                f"corpus.labels={self.labels!r} needs corpus.path: the generated corpus writes its "
+                "own labels (W/corpus/labels.jsonl); set corpus.path to the stories the labels "
+                "belong to, or drop corpus.labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +53,14 @@ class TokenizerConfig:
     vocab_size: int = 2048
     eval_fraction: float = 0.05
     split_seed: int = 0
+
+    def __post_init__(self):
+        stage_config.number("tokenizer.vocab_size", self.vocab_size, "an integer")
+        stage_config.check(self.vocab_size >= tokenizer.MIN_VOCAB_SIZE, "tokenizer.vocab_size",
+                           self.vocab_size, f">= {tokenizer.MIN_VOCAB_SIZE} (256 bytes + EOT)")
+        stage_config.check(0 < self.eval_fraction < 1, "tokenizer.eval_fraction",
+                           self.eval_fraction, "a fraction in (0, 1)")
+        stage_config.non_negative(self, ("split_seed",), "tokenizer.")
 
 
 def configs_from(config: ml_collections.ConfigDict) -> tuple[CorpusConfig, TokenizerConfig]:
@@ -119,13 +138,11 @@ def _real_corpus(cfg: CorpusConfig):
 def load_or_generate(cfg: CorpusConfig, corpus_dir: str):
     """(texts, spans per text or None, concept names, provenance dict)."""
     if cfg.path:
-        return _real_corpus(cfg)
-    if cfg.labels:
-        raise ValueError(
-            f"corpus.labels={cfg.labels!r} needs corpus.path: the generated corpus writes its own "
-            "labels (W/corpus/labels.jsonl); set corpus.path to the stories the labels belong to, "
-            "or drop corpus.labels"
-        )
+        try:
+            return _real_corpus(cfg)
+        except OSError as e:  # a path the system refuses (too long, no permission): user input
+            raise ValueError(f"cannot read {e.filename or cfg.path} (corpus.path, "
+                             f"corpus.labels): {e.strerror or e}") from None
     stories = generator.generate_stories(cfg.num_stories, cfg.seed, cfg.french_fraction)
     os.makedirs(corpus_dir, exist_ok=True)
     generator.write_labelled_corpus(

@@ -66,6 +66,7 @@ class GPTConfig:
                            f"'learned' (rope needs an even head dimension, not "
                            f"{self.d_model // self.n_heads})")
         stage_config.one_of("model.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
+        stage_config.positive(self, ("ln_eps",), "model.")
 
     @property
     def d_head(self) -> int:

@@ -42,8 +42,15 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "log_every", "eval_every", "eval_tokens",
-                    "checkpoint_every", "max_to_keep", "learning_rate", "grad_clip")
+                    "checkpoint_every", "max_to_keep", "learning_rate", "grad_clip", "num_samples",
+                    "sample_len")
         stage_config.positive(self, positive, "train.")
+        stage_config.non_negative(self, ("seed",), "train.")
+        stage_config.non_negative(self, ("temperature",), "train.", "0 = greedy")
+        stage_config.non_negative(self, ("top_k",), "train.", "0 = all")
+        for beta in ("b1", "b2"):  # Adam's moment decays
+            stage_config.check(0 <= getattr(self, beta) < 1, f"train.{beta}",
+                               getattr(self, beta), "in [0, 1)")
         stage_config.check(0 <= self.warmup_steps < self.steps, "train.warmup_steps",
                            self.warmup_steps, f"in [0, train.steps={self.steps})")
         stage_config.check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio,

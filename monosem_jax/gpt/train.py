@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -45,6 +46,17 @@ def write_samples(path, tok, params, model_cfg, cfg: gpt_step.TrainConfig) -> li
     with open(path, "w") as f:
         f.write("\n\n".join(f"--- sample {i} ---\n{t}" for i, t in enumerate(texts)) + "\n")
     return texts
+
+
+def _logged_at(path: str, step: int) -> dict:
+    """The metrics rows of `step` in metrics.jsonl, merged (none where process 0 writes it)."""
+    merged = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for row in map(json.loads, filter(str.strip, f)):
+                if row.get("step") == step:
+                    merged.update(row)
+    return merged
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -108,7 +120,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = gpt_step.compile_train_step(model_cfg, cfg)
     tokens_per_step = cfg.batch_size * length
 
-    last = {"loss": float("nan")}
+    # A run killed after its last checkpoint resumes there and runs no step: its training loss
+    # and final evaluation are those it logged before the kill.
+    logged = _logged_at(writer.path, cfg.steps) if start_step == cfg.steps else {}
+    last = {"loss": logged.get("loss", float("nan"))}
 
     def report(step, metrics, steps_per_s, eta):
         _check_finite(step, metrics)
@@ -154,7 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.close()
 
         eval_loss = gpt_step.evaluate(state["params"], eval_WL1, model_cfg, cfg.batch_size, mesh)
-        writer.write(cfg.steps, eval_loss=eval_loss)
+        if "eval_loss" not in logged:
+            writer.write(cfg.steps, eval_loss=eval_loss)
     _check_finite(cfg.steps, {"loss": eval_loss, "grad_norm": 0.0})
     # The analyses below run whole on each process's own device (a few batches each).
     params = parallel.to_host(state["params"]) if distributed.is_multiprocess() else state["params"]

@@ -277,6 +277,7 @@ class AttributionConfig:
 
     def __post_init__(self):
         stage_config.positive(self, ("chunk", "top"))
+        stage_config.path_component("name", self.name, allow_empty=True)  # W/attribution/<name>.*
 
 
 def _output_name(cfg: AttributionConfig, sae_name: str) -> str:

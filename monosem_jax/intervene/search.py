@@ -321,10 +321,10 @@ class SearchConfig:
 
     def __post_init__(self):
         _mode(self)  # exactly one mode
-        stage_config.check(type(self.top_n) is int and self.top_n > 0, "top_n", self.top_n,
-                           "an integer > 0")
+        stage_config.check(type(self.top_n) is int, "top_n", self.top_n, "an integer > 0")
+        stage_config.positive(self, ("top_n", "batch_size"))
         stage_config.one_of("score", self.score, SCORES)
-        stage_config.positive(self, ("batch_size",))
+        stage_config.path_component("name", self.name, allow_empty=True)  # W/search/<name>.json
 
     @property
     def mode(self) -> str:

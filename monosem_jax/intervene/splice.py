@@ -91,18 +91,18 @@ def tokenize_prompts(
 
 def check_feature_ids(model: SplicedModel, ids: Sequence[int]) -> np.ndarray:
     """The ids as int32 [K]; out-of-range or repeated ids are a ValueError."""
-    ids_K = np.asarray([int(i) for i in ids], np.int64)
-    if ids_K.size == 0:
+    ids = [int(i) for i in ids]  # checked as Python ints: an id past int64 is out of range too
+    if not ids:
         raise ValueError("no feature ids given")
-    bad = [int(i) for i in ids_K if not 0 <= i < model.num_features]
+    bad = [i for i in ids if not 0 <= i < model.num_features]
     if bad:
         raise ValueError(
             f"feature ids {bad} out of range: {model.sae.name} has features "
             f"0..{model.num_features - 1}"
         )
-    if len(set(ids_K.tolist())) != ids_K.size:
-        raise ValueError(f"feature ids repeat: {ids_K.tolist()}")
-    return ids_K.astype(np.int32)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"feature ids repeat: {ids}")
+    return np.asarray(ids, np.int32)
 
 
 # -------------------------------------------------------------------------- pure functions

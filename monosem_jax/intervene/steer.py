@@ -60,6 +60,8 @@ class SteerConfig:
         stage_config.positive(self, ("num_samples", "num_new", "max_tokens"))
         stage_config.non_negative(self, ("temperature",), note="0 = greedy")
         stage_config.non_negative(self, ("top_k",), note="0 = all")
+        stage_config.non_negative(self, ("seed",))
+        stage_config.path_component("name", self.name, allow_empty=True)  # W/steer/<name>.*
 
 
 def steer_config_from(config: ml_collections.ConfigDict) -> SteerConfig:

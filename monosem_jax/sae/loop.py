@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 
 import jax
@@ -237,7 +238,7 @@ def _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt, *, ou
         writer.close()
         inputs.close()
     rate = lagged.timed_steps / lagged.elapsed if lagged.elapsed else 0.0
-    last = report.last or {"loss": np.full(len(specs), np.nan)}
+    last = report.last or {"loss": _logged_final_loss(writer.path, specs, cfg.steps)}
     compilations = step_fn._cache_size() + (settled_fn._cache_size() if settled else 0)
     return Trained(parallel.to_host(states), parallel.to_host(hps), eval_ND, start,
                    rate * cfg.batch_size, np.asarray(last["loss"], np.float64).reshape(-1),
@@ -285,6 +286,17 @@ def _resampler(sae_cfg, single: bool, draw, shardings, replicated):
         return resample(states, draw(carry, inputs)[1], keys, hps)
 
     return jax.jit(fn, donate_argnums=0, out_shardings=shardings)
+
+
+def _logged_final_loss(path: str, specs, steps: int) -> np.ndarray:
+    """Each member's loss as logged at the last step (NaN where absent): a run killed after its
+    last checkpoint resumes there and runs no step, yet its summary records that loss."""
+    if not os.path.exists(path):  # written by process 0 only
+        return np.full(len(specs), np.nan)
+    with open(path) as f:
+        rows = [row for row in map(json.loads, filter(str.strip, f)) if row.get("step") == steps]
+    loss = {row.get("member", specs[0].name): row.get("loss") for row in rows}
+    return np.array([np.nan if loss.get(s.name) is None else loss[s.name] for s in specs])
 
 
 class _Reporter:

@@ -65,14 +65,28 @@ class TrainConfig:
     def __post_init__(self):
         stage_config.path_component("name", self.name, allow_empty=True)
         observe.check_profile_steps(self.profile_steps)
+        capacity = ">= 0 (0 = the dense step), or -1 (automatic)"
+        stage_config.number("sparse_capacity", self.sparse_capacity, capacity)
         stage_config.check(self.sparse_capacity >= -1, "sparse_capacity", self.sparse_capacity,
-                           ">= 0 (0 = the dense step), or -1 (automatic)")
+                           capacity)
+        # Read only by some variants (matryoshka, towards_2023), checked for all: a typo is an
+        # error whatever the variant.
+        stage_config.check(all(0 < p < stage_config.INT_LIMIT for p in self.prefixes),
+                           "prefixes", self.prefixes, "prefix sizes > 0 (up to d_sae)")
+        stage_config.check(all(0 <= s < stage_config.INT_LIMIT for s in self.resample_steps),
+                           "resample_steps", self.resample_steps, "steps >= 0")
         stage_config.one_of("matmul_dtype", self.matmul_dtype, sae_model.MATMUL_DTYPES)
         stage_config.positive(self, ("steps", "batch_size", "d_sae", "log_every",
-                                     "checkpoint_every", "shuffle_blocks", "model_parallel"))
+                                     "checkpoint_every", "shuffle_blocks", "model_parallel",
+                                     "k_aux", "dead_steps", "eval_rows", "jumprelu_bandwidth"))
+        stage_config.non_negative(self, ("seed", "prefetch"))
+        stage_config.number("data_seed", self.data_seed, ">= 0, or -1 (the seed)")
+        stage_config.check(self.data_seed >= -1, "data_seed", self.data_seed,
+                           ">= 0, or -1 (the seed)")
         stage_config.check(self.d_sae % self.model_parallel == 0, "model_parallel",
                            self.model_parallel, f"a divisor of d_sae ({self.d_sae})")
         stage_config.one_of("source", self.source, SOURCES)
+        stage_config.path_or_spec("store", self.store)
         stage_config.positive(self, ("lm_buffer_batches",))
         stage_config.non_negative(self, ("lm_positions_per_context",), note="0 = all")
         stage_config.one_of("variant", self.variant, sae_model.VARIANTS)
@@ -149,6 +163,12 @@ def run_spec(cfg: TrainConfig, workdir: str, d: int, name: str | None = None,
     )
     sae_step.validate_hparams(sae_cfg, spec.device_hparams())
     return dataclasses.replace(spec, run_dir=os.path.join(workdir, "sae", spec.name))
+
+
+def check_hparams(cfg: TrainConfig) -> None:
+    """The run's SAE shape and hyper-parameters checked as `run_spec` checks them, before any
+    input is opened (the input's width does not enter the checks)."""
+    run_spec(cfg, "", d=1)
 
 
 def k_settled_step(spec: RunSpec) -> int | None:

@@ -77,12 +77,20 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  resample_seed=cfg.seed, mesh=mesh)
     rows = []
     for i, spec in enumerate(specs):
+        # A sweep killed while writing its members left some finished (kept as they are: a
+        # finished run is never rewritten) and maybe one saved but without summary (Orbax
+        # refuses to save a step twice).
+        member_summary = os.path.join(spec.run_dir, "summary.json")
+        if os.path.exists(member_summary):
+            rows.append({**members[i], **metrics_io.read_json(member_summary)})
+            continue
         state = loop.member(trained.states, i)
         member_ckpt = checkpoint.Checkpointer(
             os.path.join(spec.run_dir, "checkpoints"), save_every=cfg.checkpoint_every
         )
-        member_ckpt.save(cfg.steps, state, {"step": cfg.steps, "name": spec.name, "sweep": name},
-                         force=True)
+        if member_ckpt.latest_step() != cfg.steps:
+            member_ckpt.save(cfg.steps, state,
+                             {"step": cfg.steps, "name": spec.name, "sweep": name}, force=True)
         member_ckpt.close()
         summary = sae_run.finish_run(spec, state["params"], loop.member(trained.hps, i),
                                      trained.eval_ND, trained.stats(i), t_start)

@@ -25,6 +25,7 @@ def train_sae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains one SAE (resuming from its checkpoints) and writes its summary."""
     t_start = time.time()
     cfg = sae_run.TrainConfig.from_config(config)
+    sae_run.check_hparams(cfg)  # before the feed (its reader threads) opens
     mesh = parallel.make_mesh(cfg.model_parallel)
     feed = loop.open_feed(cfg, workdir, mesh)
     spec = sae_run.run_spec(cfg, workdir, feed.d)
