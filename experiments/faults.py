@@ -779,8 +779,9 @@ def export_import_kills(ws: Workspace, base: str, kills: int, seed: int,
     """The --export_import_kills section: SIGKILL monosem-export and monosem-import.
 
     Afterwards the output is either complete and equal to an uninterrupted one, or absent (and
-    a rerun makes it); never a half folder under the final name. Left-over temporary folders
-    (invisible: `.<out>.tmp-*` beside an export, `W/.sae-import-*`) are counted.
+    a rerun makes it); never a half folder under the final name. Temporary folders a kill left
+    (invisible: `.<out>.tmp-*` beside an export, `W/.sae-import-*`) are counted, before and
+    after the rerun (which removes them).
     """
     t0 = time.monotonic()
     out_dir = ws.path("export", "out")
@@ -839,6 +840,8 @@ def export_import_kills(ws: Workspace, base: str, kills: int, seed: int,
                 else:
                     record.update(_rerun_and_compare(ws, cmd, refs[kind], params_rtol,
                                                      ("sae/imp",)))
+                # The rerun removes the killed run's temporary folder (atomic_dirs.temp_dir).
+                record["temp_left_after_rerun"] = len(_temp_siblings(parent, prefix))
             trials.append(record)
             logging.warning("%s kill %d/%d (%s): %s", kind, len(trials), kills,
                             record["after_kill"], "ok" if _trial_ok(record) else record)
@@ -847,7 +850,9 @@ def export_import_kills(ws: Workspace, base: str, kills: int, seed: int,
             writing_window_s=None if window is None else round(window, 4),
             complete_after_kill=sum(r["after_kill"] == "complete" for r in trials),
             absent_after_kill=sum(r["after_kill"] == "absent" for r in trials),
-            temp_folders_left=sum(r["temp_left"] > 0 for r in trials))
+            temp_folders_left=sum(r["temp_left"] > 0 for r in trials),
+            temp_folders_left_after_rerun=sum(r.get("temp_left_after_rerun", 0) > 0
+                                              for r in trials))
     return sections
 
 

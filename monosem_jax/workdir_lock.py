@@ -26,6 +26,7 @@ import time
 import jax
 from absl import logging
 
+from monosem_jax import atomic_dirs
 from monosem_jax.errors import WorkdirBusy
 
 LOCK_DIR = ".locks"
@@ -39,15 +40,7 @@ def _holder_record() -> dict:
 
 def _alive(record: dict) -> bool | None:
     """Whether the recorded holder still runs (None: another host, cannot tell)."""
-    if record.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(int(record["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
+    return atomic_dirs.process_alive(record.get("host"), record.get("pid"))
 
 
 def _read_record(fd: int) -> dict:

@@ -166,15 +166,6 @@ class BadValue:
         return " ".join(self.argv)
 
 
-# Wrong values monosem-eval's config boundary (analysis/evaluate.py EvalConfig, probes.py
-# ProbeConfig) still accepts: each runs the whole evaluation. Drop an entry once its check is
-# there (recovered_f1 in (0, 1]; probe_seed >= 0 and probe_ks below 2**31, via stage_config).
-NOT_YET_REFUSED = {
-    "recovered_f1": {"nan", "inf", "-inf", "-0.5", "0", "1.5"},
-    "probe_seed": {"-7", HUGE},  # -7: numpy's "expected non-negative integer", no field named
-    "probe_ks": {HUGE},
-}
-
 # Wrong values of a field beyond those of its type.
 _NOT_A_FOLDER_NAME = (".", "..", ".zebra", "ze/bra", "-zebra", "ze bra")  # a run, an output
 EXTRA = {
@@ -217,8 +208,7 @@ def leaves(config: ml_collections.ConfigDict, prefix: str = ""):
 
 def _valid(binary: str, field: str, value: str) -> bool:
     name = field.rsplit(".", 1)[-1]
-    return (value in VALID.get(f"{binary}:{name}", VALID.get(name, ()))
-            or value in NOT_YET_REFUSED.get(name, ()))
+    return value in VALID.get(f"{binary}:{name}", VALID.get(name, ()))
 
 
 def bad_values(binary: str) -> list[BadValue]:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from monosem_jax import pipeline, workdir_lock
+from monosem_jax import atomic_dirs, pipeline, workdir_lock
 from monosem_jax.configs.pipeline import tiny
 from monosem_jax.errors import WorkdirBusy
 
@@ -102,3 +102,25 @@ def test_sweep_and_reader_names_are_checked_too(tmp_path, run_binary):
     assert not (tmp_path.parent / "s").exists()
     with pytest.raises(ValueError, match="config.sae_name='../x' is invalid"):
         metrics_io.resolve_sae_name(str(tmp_path), "../x")
+
+
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next_writer(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    made = atomic_dirs.temp_dir(str(tmp_path), "data")
+    host, pid, _ = os.path.basename(made)[len(".data.tmp-"):].split("-")
+    assert pid == str(os.getpid())
+    others = {  # name: whether the next writer of "data" removes it
+        f".data.tmp-{host}-{dead.pid}-abc": True,  # a dead process of this host
+        os.path.basename(made): False,  # a live one (this process)
+        f".data.tmp-otherhost-{dead.pid}-abc": False,  # another host's: cannot tell
+        f".data.old-{host}-{dead.pid}-abc": False,  # another kind
+        f".lm.tmp-{host}-{dead.pid}-abc": False,  # another label
+        "data": False,
+    }
+    for name in others:
+        os.makedirs(tmp_path / name, exist_ok=True)
+    second = atomic_dirs.temp_dir(str(tmp_path), "data")
+    left = set(os.listdir(tmp_path))
+    assert left == {n for n, removed in others.items() if not removed} | {
+        os.path.basename(second)}

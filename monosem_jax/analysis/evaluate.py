@@ -75,6 +75,8 @@ class EvalConfig:
         stage_config.check(bool(self.threshold_rates)
                            and all(0 < r < 1 for r in self.threshold_rates),
                            "threshold_rates", self.threshold_rates, "fractions in (0, 1)")
+        recovered_f1 = stage_config.number("recovered_f1", self.recovered_f1, "an F1 in (0, 1]")
+        stage_config.check(0 < recovered_f1 <= 1, "recovered_f1", recovered_f1, "an F1 in (0, 1]")
 
 
 def eval_config_from(config: ml_collections.ConfigDict) -> EvalConfig:

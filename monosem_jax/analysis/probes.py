@@ -49,10 +49,11 @@ class ProbeConfig:
         stage_config.non_negative(self, ("tokens",), "probe_", note="0 = all")
         stage_config.check(0 < self.train_fraction < 1, "probe_train_fraction",
                            self.train_fraction, "a fraction in (0, 1)")
-        stage_config.non_negative(self, ("l2",), "probe_")
+        stage_config.non_negative(self, ("l2", "seed"), "probe_")
         stage_config.positive(self, ("steps",), "probe_")
-        stage_config.check(bool(self.ks) and all(int(k) > 0 for k in self.ks), "probe_ks",
-                           self.ks, "positive integers")
+        stage_config.check(bool(self.ks) and all(0 < int(k) < stage_config.INT_LIMIT
+                                                  for k in self.ks),
+                           "probe_ks", self.ks, "positive integers below 2**31")
 
 
 def probe_config_from(config: ml_collections.ConfigDict) -> ProbeConfig:

@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import tokenizers
 
+from monosem_jax import atomic_dirs
 from monosem_jax.corpus.tokenizer import (
     EOT,
     batch_concept_masks,
@@ -105,7 +105,7 @@ def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(tmp_dir)
         raise FileExistsError(f"{out_dir} exists and is not a dataset; pick another out_dir")
     # Directory renames can't overwrite a non-empty target: move the old one aside first.
-    old_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    old_dir = Path(atomic_dirs.temp_dir(str(out_dir.parent), out_dir.name, "old"))
     os.rename(out_dir, old_dir / "data")
     os.rename(tmp_dir, out_dir)
     shutil.rmtree(old_dir)
@@ -160,8 +160,7 @@ def build_dataset(
         "seed": int(seed),
         "dtype": dtype.name,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    tmp_dir = Path(atomic_dirs.temp_dir(str(out_dir.parent), out_dir.name))
     try:
         for name, split in splits.items():
             _write_split(tmp_dir, name, split)

@@ -14,14 +14,13 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from monosem_jax import checkpoint, metrics_io, stage_config, workdir_lock
+from monosem_jax import atomic_dirs, checkpoint, metrics_io, stage_config, workdir_lock
 from monosem_jax.gpt import model as gpt_model
 from monosem_jax.interop import saelens_files
 from monosem_jax.interop import saelens_format as fmt
@@ -147,7 +146,7 @@ def _write_run(workdir: str, run_dir: str, sae_cfg: sae_model.SAEConfig, params:
             expected[n].shape != np.shape(params[n]) for n in expected):
         raise ValueError(f"converted parameters {sorted(params)} do not fit a "
                          f"{sae_cfg.variant} SAE")  # a bug of the conversion, not the input
-    tmp = tempfile.mkdtemp(dir=workdir, prefix=f".sae-import-{os.path.basename(run_dir)}-")
+    tmp = atomic_dirs.temp_dir(workdir, f"sae-import-{os.path.basename(run_dir)}")
     try:
         state = sae_step.init_state(sae_cfg, jax.random.key(0))
         state["params"] = {n: jnp.asarray(v, jnp.float32) for n, v in params.items()}

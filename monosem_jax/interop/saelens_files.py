@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import safetensors.numpy
 
+from monosem_jax import atomic_dirs
 from monosem_jax.interop.saelens_format import CFG_FILENAME, SPARSITY_FILENAME, WEIGHTS_FILENAME
 
 
@@ -54,8 +54,7 @@ def write_folder(path: str, cfg: dict, tensors: dict[str, np.ndarray],
         raise FileExistsError(f"{path} exists and is not an empty folder; export into a new one "
                               "(nothing was written)")
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    tmp = atomic_dirs.temp_dir(parent, os.path.basename(path))
     try:
         with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
             json.dump(cfg, f, indent=2)
