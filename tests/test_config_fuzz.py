@@ -95,6 +95,7 @@ VALID = {
     "max_features": {"0"},
     "max_documents": {"0"},
     "max_document_chars": {"0"},
+    "rare_concepts": {"0"},
     "probe_tokens": {"0"},
     "context_before": {"0"},
     "context_after": {"0"},

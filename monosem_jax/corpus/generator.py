@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from monosem_jax.corpus import labels
 from monosem_jax.corpus import lexicon as en
 from monosem_jax.corpus import lexicon_fr as fr
+from monosem_jax.corpus import rare_concepts
 from monosem_jax.corpus.labels import Span
 
 TOPICS = ("ocean", "forest", "space", "kitchen", "farm", "school")
@@ -350,8 +351,10 @@ def _french_story(rng: random.Random) -> Story:
 # ----------------------------------------------------------------------------- public API
 
 
-def generate_stories(num_stories: int, seed: int, french_fraction: float = 0.15) -> list[Story]:
-    """`num_stories` labelled stories; a pure function of its arguments (byte for byte)."""
+def generate_stories(num_stories: int, seed: int, french_fraction: float = 0.15,
+                     rare: Sequence[rare_concepts.RareConcept] = ()) -> list[Story]:
+    """`num_stories` labelled stories, with `rare` (corpus/rare_concepts.py) planted in the
+    English ones; a pure function of its arguments (byte for byte)."""
     if isinstance(num_stories, bool) or not isinstance(num_stories, int) or num_stories <= 0:
         raise ValueError(f"num_stories={num_stories!r} must be a positive integer (>= 1)")
     if not isinstance(french_fraction, (int, float)) or not 0.0 <= french_fraction <= 1.0:
@@ -359,8 +362,13 @@ def generate_stories(num_stories: int, seed: int, french_fraction: float = 0.15)
     rng = random.Random(operator.index(seed))
     num_french = math.floor(num_stories * french_fraction + 0.5)
     french = frozenset(rng.sample(range(num_stories), num_french))
-    return [_french_story(rng) if i in french else _english_story(rng)
-            for i in range(num_stories)]
+    stories = [_french_story(rng) if i in french else _english_story(rng)
+               for i in range(num_stories)]
+    if not rare:
+        return stories
+    planted = rare_concepts.plant_corpus([s.text for s in stories], [s.spans for s in stories],
+                                         [i not in french for i in range(num_stories)], rare, seed)
+    return [Story(text, spans) for text, spans in planted]
 
 
 def topic_vocabulary() -> dict[str, frozenset[str]]:

@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 
 from monosem_jax import metrics_io, stage_config, workdir_lock
-from monosem_jax.corpus import dataset, generator, labels, loaders, tokenizer
+from monosem_jax.corpus import dataset, generator, labels, loaders, rare_concepts, tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,9 @@ class CorpusConfig:
     max_documents: int = 0
     labels: str = ""  # a config from before the field reads as unlabelled
     max_document_chars: int = 1_000_000  # 0 = no cap
+    rare_concepts: int = 0  # planted characters rare_00, ... (corpus/rare_concepts.py); 0 = none
+    rare_max_rate: float = 1e-2
+    rare_min_rate: float = 1e-5
 
     def __post_init__(self):
         stage_config.one_of("corpus.format", self.format, loaders.FORMATS)
@@ -39,6 +42,18 @@ class CorpusConfig:
         stage_config.non_negative(self, ("seed",), "corpus.")
         stage_config.non_negative(self, ("max_documents",), "corpus.", "0 = all")
         stage_config.non_negative(self, ("max_document_chars",), "corpus.", "0 = no cap")
+        stage_config.non_negative(self, ("rare_concepts",), "corpus.", "0 = none")
+        stage_config.check(self.rare_concepts <= rare_concepts.MAX_CONCEPTS,
+                           "corpus.rare_concepts", self.rare_concepts,
+                           f"at most {rare_concepts.MAX_CONCEPTS}")
+        stage_config.positive(self, ("rare_min_rate",), "corpus.")
+        stage_config.check(self.rare_min_rate <= stage_config.number(
+            "corpus.rare_max_rate", self.rare_max_rate, "a rate") < 1, "corpus.rare_max_rate",
+            self.rare_max_rate, f"a rate in [corpus.rare_min_rate={self.rare_min_rate}, 1)")
+        if self.rare_concepts and self.path:
+            raise ValueError(
+                f"corpus.rare_concepts={self.rare_concepts} plants characters in the generated "
+                "corpus; a real corpus (corpus.path) cannot have them: set it to 0")
         if self.labels and not self.path:
             raise ValueError(
                 f"corpus.labels={self.labels!r} needs corpus.path: the generated corpus writes its "
@@ -143,7 +158,9 @@ def load_or_generate(cfg: CorpusConfig, corpus_dir: str):
         except OSError as e:  # a path the system refuses (too long, no permission): user input
             raise ValueError(f"cannot read {e.filename or cfg.path} (corpus.path, "
                              f"corpus.labels): {e.strerror or e}") from None
-    stories = generator.generate_stories(cfg.num_stories, cfg.seed, cfg.french_fraction)
+    rare = (rare_concepts.make_concepts(cfg.rare_concepts, cfg.rare_max_rate, cfg.rare_min_rate)
+            if cfg.rare_concepts else ())
+    stories = generator.generate_stories(cfg.num_stories, cfg.seed, cfg.french_fraction, rare)
     os.makedirs(corpus_dir, exist_ok=True)
     generator.write_labelled_corpus(
         stories, os.path.join(corpus_dir, "stories.txt"), os.path.join(corpus_dir, "labels.jsonl")
@@ -152,7 +169,10 @@ def load_or_generate(cfg: CorpusConfig, corpus_dir: str):
     spans = [s.spans for s in stories]
     # The same rule as a labels file's: the names used, sorted (so feeding stories.txt and
     # labels.jsonl back as a real corpus gives the same concepts and token masks).
-    return texts, spans, labels.concepts_of(spans), {"source": "generated", "seed": cfg.seed}
+    provenance = {"source": "generated", "seed": cfg.seed}
+    if rare:  # what each rare concept is and its planned rate, for experiments and the report
+        provenance["rare_concepts"] = [dataclasses.asdict(c) for c in rare]
+    return texts, spans, labels.concepts_of(spans), provenance
 
 
 @workdir_lock.writer(lambda config: "corpus")

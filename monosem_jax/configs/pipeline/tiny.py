@@ -36,6 +36,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # (a long novel) keeps real documents whole and a runaway one (a dump without separators)
     # from dominating the corpus and the encoder's memory (the dataset holds per-token offsets).
     config.corpus.max_document_chars = 1_000_000
+    # Rare planted concepts (generated corpus only): this many invented recurring characters,
+    # rare_00 (the most frequent) ..., at occurrence rates per word log-spaced from
+    # rare_max_rate down to rare_min_rate; for feature completeness (experiments/
+    # feature_completeness.py). 0 = none, the default corpus unchanged.
+    config.corpus.rare_concepts = 0
+    config.corpus.rare_max_rate = 1e-2
+    config.corpus.rare_min_rate = 1e-5
 
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.vocab_size = 2048  # byte-level BPE size, incl. <|endoftext|>
