@@ -45,7 +45,7 @@ def test_planted_sentences_leave_the_stories_and_their_labels_as_they_were():
     sentences = {rare_concepts._sentence(_Always(i), c)[0] + " "
                  for c in RARE for i in range(len(rare_concepts._TEMPLATES))}
     changed = 0
-    for b, p in zip(base, planted):
+    for b, p in zip(base, planted, strict=True):
         old = [(b.text[s.start:s.end], s.concept) for s in b.spans]
         kept = [(p.text[s.start:s.end], s.concept) for s in p.spans
                 if not s.concept.startswith("rare_")]

@@ -17,10 +17,9 @@ import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 
-from monosem_jax.corpus import labels
+from monosem_jax.corpus import labels, rare_concepts
 from monosem_jax.corpus import lexicon as en
 from monosem_jax.corpus import lexicon_fr as fr
-from monosem_jax.corpus import rare_concepts
 from monosem_jax.corpus.labels import Span
 
 TOPICS = ("ocean", "forest", "space", "kitchen", "farm", "school")

@@ -96,7 +96,7 @@ def make_concepts(count: int, max_rate: float, min_rate: float) -> tuple[RareCon
             names.append(name)
     return tuple(RareConcept(f"rare_{i:02d}", name, *_ROLES[i], rate)
                  for i, (name, rate) in enumerate(zip(names, planned_rates(
-                     count, max_rate, min_rate))))
+                     count, max_rate, min_rate), strict=True)))
 
 
 def _sentence(rng: random.Random, concept: RareConcept) -> tuple[str, list[tuple[int, int]]]:
@@ -177,11 +177,11 @@ def plant_corpus(texts: Sequence[str], spans: Sequence[Sequence[Span]], english:
     function of its arguments (its own random stream, so the stories themselves are those of
     the corpus without rare concepts)."""
     words = [len(_WORD_RE.findall(t)) for t in texts]
-    english_words = sum(w for w, is_en in zip(words, english) if is_en)
+    english_words = sum(w for w, is_en in zip(words, english, strict=True) if is_en)
     if english_words == 0:
         raise ValueError("rare concepts are planted in English stories; this corpus has none "
                          "(corpus.french_fraction=1)")
     boost = sum(words) / english_words
     rng = random.Random(f"rare concepts {seed}")
     return [plant(t, s, concepts, boost, rng) if is_en else (t, tuple(s))
-            for t, s, is_en in zip(texts, spans, english)]
+            for t, s, is_en in zip(texts, spans, english, strict=True)]
