@@ -223,17 +223,20 @@ def score_sae(workdir: str, name: str, concepts: list[str], max_rows: int) -> di
 # ----------------------------------------------------------------------------- the logistic
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-4, iters: int = 100):
-    """(a, b) of P(y=1) = σ(a + b·x) by maximum likelihood (Newton's method, a tiny ridge on b
-    so separable data converges), and McFadden's pseudo-R² = 1 - LL / LL(intercept only)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    X = np.stack([np.ones_like(x), x], axis=1)
-    w = np.zeros(2)
-    penalty = np.diag([1e-6, ridge])  # the intercept's: all-0 or all-1 outcomes stay finite
+def fit_logistic(x, y, ridge: float = 1e-4, iters: int = 100):
+    """(w, log-likelihood, McFadden's pseudo-R² = 1 - LL / LL(intercept only)) of
+    P(y=1) = σ(w0 + w1·x1 + ...) by maximum likelihood: x [N] or [N, K], w [1 + K]. Newton's
+    method, with a tiny ridge on the slopes so separable data converge (and on the intercept,
+    so all-0 or all-1 outcomes stay finite)."""
+    y = np.asarray(y, np.float64)
+    x = np.asarray(x, np.float64).reshape(len(y), -1)
+    X = np.concatenate([np.ones((len(y), 1)), x], axis=1)
+    w = np.zeros(X.shape[1])
+    penalty = np.diag([1e-6] + [ridge] * x.shape[1])
     for _ in range(iters):
         p = 1 / (1 + np.exp(-(X @ w)))
         grad = X.T @ (y - p) - penalty @ w
-        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty + 1e-12 * np.eye(2)
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty
         delta = np.linalg.solve(hess, grad)
         w = w + delta
         if np.abs(delta).max() < 1e-10:
@@ -242,7 +245,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-4, iters: int =
     ll = float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
     mean = np.clip(y.mean(), 1e-12, 1 - 1e-12)
     ll0 = float(len(y) * (mean * np.log(mean) + (1 - mean) * np.log(1 - mean)))
-    return float(w[0]), float(w[1]), (1 - ll / ll0) if ll0 < 0 else float("nan")
+    return w, ll, (1 - ll / ll0) if ll0 < 0 else float("nan")
 
 
 def _ranks(v: np.ndarray) -> np.ndarray:
@@ -263,19 +266,40 @@ def completeness(scores: list[dict], rare: list[str], threshold: float) -> dict:
                "best_f1": s["best_mention_f1"][c], "token_f1": s["best_f1"][c],
                "has_feature": s["best_mention_f1"][c] >= threshold}
               for s in scores for c in rare if s["mentions"][c] > 0]
-    x = np.array([np.log10(p["frequency"] * p["alive"]) for p in points])
-    y = np.array([p["has_feature"] for p in points], np.float64)
-    both = 0 < y.sum() < len(y)  # a logistic needs concepts with and without a feature
-    a, b, pseudo_r2 = fit_logistic(x, y) if both else (None, None, None)
+    log_f = np.array([np.log10(p["frequency"]) for p in points])
+    log_alive = np.array([np.log10(p["alive"]) for p in points])
+    x, y = log_f + log_alive, np.array([p["has_feature"] for p in points], np.float64)
+    if not 0 < y.sum() < len(y):  # a logistic needs concepts with and without a feature
+        return {"points": points, "logistic": dict.fromkeys(_LOGISTIC_KEYS),
+                "fraction_with_feature": float(y.mean()) if len(y) else None}
+    w, ll, pseudo_r2 = fit_logistic(x, y)
+    # Is the product the variable? The same logistic with separate slopes for log frequency
+    # and log alive features: twice the log-likelihood gained is χ² with 1 degree of freedom
+    # under "the product" (3.84: rejected at 5%).
+    w2, ll2, pseudo_r2_2 = fit_logistic(np.stack([log_f, log_alive], axis=1), y)
+    fitted = 1 / (1 + np.exp(-(w[0] + w[1] * x)))
     return {
         "points": points,
-        "logistic": {"intercept": a, "slope_per_decade": b, "pseudo_r2_mcfadden": pseudo_r2,
+        "logistic": {"intercept": float(w[0]), "slope_per_decade": float(w[1]),
+                     "pseudo_r2_mcfadden": pseudo_r2,
                      # where P = 1/2: log10(frequency × alive features)
-                     "midpoint_log10_freq_x_alive": -a / b if both and abs(b) > 1e-9 else None},
-        "spearman_has_feature_vs_log_freq_x_alive": (
-            float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]) if both else None),
-        "fraction_with_feature": float(y.mean()) if len(y) else None,
+                     "midpoint_log10_freq_x_alive": float(-w[0] / w[1])},
+        "logistic_separate_slopes": {
+            "intercept": float(w2[0]), "slope_log_frequency": float(w2[1]),
+            "slope_log_alive": float(w2[2]), "pseudo_r2_mcfadden": pseudo_r2_2,
+            "likelihood_ratio_chi2": 2 * (ll2 - ll)},
+        # The points the product's logistic gets most wrong (|outcome - P| > 0.6).
+        "misfits": [{k: points[i][k] for k in ("concept", "d_sae", "frequency", "best_f1")}
+                    | {"fitted_p": float(fitted[i])}
+                    for i in np.flatnonzero(np.abs(y - fitted) > 0.6)],
+        "spearman_has_feature_vs_log_freq_x_alive": float(
+            np.corrcoef(_ranks(x), _ranks(y))[0, 1]),
+        "fraction_with_feature": float(y.mean()),
     }
+
+
+_LOGISTIC_KEYS = ("intercept", "slope_per_decade", "pseudo_r2_mcfadden",
+                  "midpoint_log10_freq_x_alive")
 
 
 def plot(result: dict, scores: list[dict], rare: list[str], out_dir: str) -> None:
@@ -344,8 +368,15 @@ def main(argv):
         sae_config.d_sae, sae_config.name = size, f"fc_{size}"
         logging.info("SAE %s: %d features, %d steps", sae_config.name, size, sae_config.steps)
         summary = sae_train.train_sae(sae_config, workdir)
-        score = score_sae(workdir, sae_config.name, concepts, FLAGS.max_rows)
-        score.update(explained_variance=summary.get("explained_variance"), l0=summary.get("l0"))
+        # Scores are kept per SAE (a rerun, or one killed while scoring, rescores none twice).
+        cached = os.path.join(workdir, "completeness", "scores", f"{sae_config.name}.json")
+        score = metrics_io.read_json(cached) if os.path.exists(cached) else None
+        if score is None or score["rows"] != (FLAGS.max_rows or score["rows"]):
+            score = score_sae(workdir, sae_config.name, concepts, FLAGS.max_rows)
+            score.update(explained_variance=summary.get("explained_variance"),
+                         l0=summary.get("l0"))
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            metrics_io.write_json_atomic(cached, score)
         scores.append(score)
         seconds[sae_config.name] = round(time.time() - t, 1)
         logging.info("SAE %s: %d alive; best F1 per rare concept %s", sae_config.name,

@@ -195,6 +195,18 @@ def completeness_lines(workdir: str, report_dir: str) -> list[str]:
             f"{fit['slope_per_decade']:.2f} per decade.",
             "",
         ]
+    separate = result.get("logistic_separate_slopes")
+    if separate:
+        misfits = ", ".join(f"{m['concept']} at {m['d_sae']} (F1 {m['best_f1']:.2f}, fitted "
+                            f"P {m['fitted_p']:.2f})" for m in result.get("misfits", []))
+        lines += [
+            f"Separate slopes for log frequency ({separate['slope_log_frequency']:.2f}) and log "
+            f"alive features ({separate['slope_log_alive']:.2f}): pseudo-R² "
+            f"{separate['pseudo_r2_mcfadden']:.2f}, likelihood-ratio χ² "
+            f"{separate['likelihood_ratio_chi2']:.2f} (1 d.f.; above 3.84 the product is "
+            f"rejected at 5%). Misfits of the product's logistic: {misfits or 'none'}.",
+            "",
+        ]
     lines += ["| features | alive | characters with a feature |", "|---|---|---|"]
     for score in result["scores"]:
         found = [p for p in result["points"] if p["sae"] == score["name"]]

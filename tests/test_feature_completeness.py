@@ -102,10 +102,14 @@ def test_logistic_fit_recovers_known_parameters_and_separable_data_scores_high()
     rng = np.random.default_rng(0)
     x = rng.uniform(-3, 3, 20_000)
     y = rng.random(20_000) < 1 / (1 + np.exp(-(0.5 + 2.0 * x)))
-    a, b, r2 = fc.fit_logistic(x, y)
+    (a, b), _, r2 = fc.fit_logistic(x, y)
     assert abs(a - 0.5) < 0.1 and abs(b - 2.0) < 0.1
     assert 0.3 < r2 < 0.9
+    x2 = rng.uniform(-3, 3, 20_000)  # two variables: each slope recovered
+    y = rng.random(20_000) < 1 / (1 + np.exp(-(0.5 + 2.0 * x - 1.0 * x2)))
+    w, _, _ = fc.fit_logistic(np.stack([x, x2], axis=1), y)
+    np.testing.assert_allclose(w, [0.5, 2.0, -1.0], atol=0.1)
     x = np.linspace(-2, 2, 40)
-    a, b, r2 = fc.fit_logistic(x, x > 0.3)  # separable: a steep logistic through the gap
+    (a, b), _, r2 = fc.fit_logistic(x, x > 0.3)  # separable: a steep logistic through the gap
     assert b > 5 and abs(-a / b - 0.3) < 0.06 and r2 > 0.95
     assert list(fc._ranks(np.array([3.0, 1.0, 1.0, 2.0]))) == [3.0, 0.5, 0.5, 2.0]
