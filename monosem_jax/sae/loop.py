@@ -145,11 +145,14 @@ def open_feed(cfg: sae_run.TrainConfig, workdir: str, mesh):
 
 
 def train_members(cfg: sae_run.TrainConfig, feed, specs: list[sae_run.RunSpec], *, out_dir: str,
-                  strategy: str, resample_seed: int, mesh) -> Trained:
+                  strategy: str, resample_seed: int, mesh, programs: dict | None = None) -> Trained:
     """Trains `specs` (one shape) from `out_dir`/checkpoints on, in one compiled program.
 
     The dictionary is sharded over `mesh`'s 'model' axis and each batch over 'data'
     (parallel.dictionary_shardings); every process runs this same loop (jax.distributed).
+    `programs`: a dict the caller keeps across calls, so that runs of one shape (other traced
+    hyper-parameters, other step counts) reuse one compiled step, as a scaling-law grid's
+    programs do (experiments/scaling_laws.py); None compiles the step anew.
     """
     single = strategy == "single"
     # One static shape for all: TopK selects up to the largest k; each member's traced k masks.
@@ -180,7 +183,8 @@ def train_members(cfg: sae_run.TrainConfig, feed, specs: list[sae_run.RunSpec], 
         try:
             return _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt,
                           out_dir=out_dir, strategy=strategy, resample_seed=resample_seed,
-                          start=start, eval_ND=eval_ND, replicated=replicated)
+                          start=start, eval_ND=eval_ND, replicated=replicated,
+                          programs=programs)
         finally:
             ckpt.close()
             feed.close()
@@ -197,11 +201,14 @@ def _unsaved(tree):
 
 
 def _train(cfg, feed, specs, sae_cfg, states, carry, hps, shardings, ckpt, *, out_dir, strategy,
-           resample_seed, start, eval_ND, replicated) -> Trained:
+           resample_seed, start, eval_ND, replicated, programs=None) -> Trained:
     single = strategy == "single"
-    compile_for = functools.partial(
-        compile_step, strategy=strategy, num_members=len(specs), draw=feed.draw,
-        shardings=(feed.carry_shardings(), shardings, feed.inputs_sharding(), replicated))
+    layouts = (feed.carry_shardings(), shardings, feed.inputs_sharding(), replicated)
+    compile_for = functools.partial(compile_step, strategy=strategy, num_members=len(specs),
+                                    draw=feed.draw, shardings=layouts)
+    if programs is not None:  # keyed by all that the program depends on besides traced values
+        compile_for = _reused(programs, compile_for, strategy, len(specs), feed.draw,
+                              jax.tree.structure(layouts), *jax.tree.leaves(layouts))
     step_fn = compile_for(sae_cfg)
     settled = _settled(specs)
     settled_fn = compile_for(dataclasses.replace(sae_cfg, k=settled[1])) if settled else step_fn
@@ -265,6 +272,15 @@ def compile_step(sae_cfg, *, strategy: str = "single", num_members: int = 1,
     carry_sh, states_sh, _, replicated = shardings
     return jax.jit(program, donate_argnums=(0, 1), in_shardings=shardings,
                    out_shardings=(carry_sh, states_sh, replicated))
+
+
+def _reused(programs: dict, compile_for, *key):
+    """compile_for, looked up first in `programs` under (its SAEConfig, *key)."""
+    def compiled(sae_cfg):
+        if (sae_cfg, *key) not in programs:
+            programs[(sae_cfg, *key)] = compile_for(sae_cfg)
+        return programs[(sae_cfg, *key)]
+    return compiled
 
 
 def _settled(specs) -> tuple[int, int] | None:
