@@ -17,7 +17,7 @@ import time
 
 import ml_collections
 
-from monosem_jax import metrics_io
+from monosem_jax import metrics_io, report_experiments
 from monosem_jax.analysis import evaluate
 from monosem_jax.browser import write as browser_write
 from monosem_jax.corpus import tokenizer
@@ -168,58 +168,6 @@ def saebench_table_lines(summaries: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def completeness_lines(workdir: str, report_dir: str) -> list[str]:
-    """The feature-completeness section, when experiments/feature_completeness.py ran on W
-    (W/completeness/summary.json)."""
-    path = os.path.join(workdir, "completeness", "summary.json")
-    if not os.path.exists(path):
-        return []
-    result = metrics_io.read_json(path)
-    fit, settings = result["logistic"], result["settings"]
-    lines = [
-        "## Feature completeness",
-        "",
-        f"{settings['rare_concepts']} planted characters (corpus.rare_concepts) at rates "
-        f"{settings['max_rate']:g} to {settings['min_rate']:g} per word, against SAEs of "
-        f"{', '.join(map(str, settings['sizes']))} features ({settings['variant']}; "
-        "experiments/feature_completeness.py). A character has a feature when some feature's "
-        f"mention F1 reaches {settings['f1_threshold']}: "
-        f"**{_num(result['fraction_with_feature'])}** of (character, SAE) pairs.",
-        "",
-    ]
-    if fit["slope_per_decade"] is not None:
-        lines += [
-            f"A logistic in log10(mentions per token × alive features) fits all sizes with "
-            f"McFadden pseudo-R² **{fit['pseudo_r2_mcfadden']:.2f}**: P = 1/2 at "
-            f"{10 ** fit['midpoint_log10_freq_x_alive']:.3g}, slope "
-            f"{fit['slope_per_decade']:.2f} per decade.",
-            "",
-        ]
-    separate = result.get("logistic_separate_slopes")
-    if separate:
-        misfits = ", ".join(f"{m['concept']} at {m['d_sae']} (F1 {m['best_f1']:.2f}, fitted "
-                            f"P {m['fitted_p']:.2f})" for m in result.get("misfits", []))
-        lines += [
-            f"Separate slopes for log frequency ({separate['slope_log_frequency']:.2f}) and log "
-            f"alive features ({separate['slope_log_alive']:.2f}): pseudo-R² "
-            f"{separate['pseudo_r2_mcfadden']:.2f}, likelihood-ratio χ² "
-            f"{separate['likelihood_ratio_chi2']:.2f} (1 d.f.; above 3.84 the product is "
-            f"rejected at 5%). Misfits of the product's logistic: {misfits or 'none'}.",
-            "",
-        ]
-    lines += ["| features | alive | characters with a feature |", "|---|---|---|"]
-    for score in result["scores"]:
-        found = [p for p in result["points"] if p["sae"] == score["name"]]
-        lines.append(f"| {score['d_sae']} | {score['alive']} | "
-                     f"{sum(p['has_feature'] for p in found)} of {len(found)} |")
-    lines.append("")
-    figure = os.path.join(workdir, "completeness", "completeness.png")
-    if os.path.exists(figure):
-        shutil.copy(figure, os.path.join(report_dir, "completeness.png"))
-        lines += ["![feature completeness](report/completeness.png)", ""]
-    return lines
-
-
 def loss_by_position_line(loss_by_position: dict[str, float]) -> str:
     """'Loss by window position: 0-4: 1.75, 4-16: 0.98, ...' in position order (a summary's
     keys come back sorted as text: '16-32' before '4-16')."""
@@ -338,7 +286,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for summary in labelled:
             lines += concept_table_lines(summary)
 
-    lines += completeness_lines(workdir, report_dir)
+    lines += report_experiments.scaling_lines(workdir, report_dir)
+    lines += report_experiments.completeness_lines(workdir, report_dir)
     browser_dir = os.path.join(workdir, "browser")
     examples = example_features(eval_json, browser_dir)
     if examples:

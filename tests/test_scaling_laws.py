@@ -131,3 +131,19 @@ def test_grid_compiles_once_per_width_and_a_member_equals_a_single_run(sae_workd
     alone = sae_train.train_sae(config, str(tmp_path))
     for key in ("mse", "nmse", "l0"):
         np.testing.assert_allclose(first[key][1], alone[key], rtol=2e-3)
+
+
+def test_the_report_section_reads_the_results(smoke_run, tmp_path):
+    import shutil
+
+    from monosem_jax import report_experiments
+
+    out, printed = smoke_run
+    shutil.copytree(out, tmp_path / "w" / "scaling_laws")
+    os.makedirs(tmp_path / "w" / "report")
+    text = "\n".join(report_experiments.scaling_lines(str(tmp_path / "w"),
+                                                     str(tmp_path / "w" / "report")))
+    exponent = printed["exponents"]["d_sae"]["exponent"]
+    assert "## Scaling laws" in text and f"features ∝ C^{exponent:.3f}" in text
+    assert (tmp_path / "w" / "report" / "scaling_loss_vs_compute.png").exists()
+    assert report_experiments.scaling_lines(str(tmp_path), str(tmp_path)) == []  # no results
