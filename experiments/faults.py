@@ -554,11 +554,24 @@ def kill_pipeline(ws: Workspace, ref: dict, target: str, rng: np.random.Generato
         return {**record, "missed": True}  # it finished first: no kill
     proc.finish(10)
     record["stage"] = stage_at_kill
+    # Killed past its target: how long the target stage took in this run, for the next draws.
+    record["target_stage_s"] = stage_duration(proc.stages, target)
     record["killed_at_s"] = round(time.monotonic() - proc.t0, 2)
     record["finished_units_at_kill"] = sorted(finished_units(ws.workdir))
     record.update(_rerun_and_compare(ws, cmd, ref["manifest"], params_rtol,
                                      max_reruns=max_reruns))
     return record
+
+
+def stage_duration(stages: list[tuple[float, str]], stage: str) -> float | None:
+    """Seconds from `stage`'s line to the next stage's line in a run's (time, stage) lines;
+    None when the run never got past it."""
+    times = [t for t, s in stages]
+    names = [s for _, s in stages]
+    if stage not in names or names.index(stage) + 1 >= len(names):
+        return None
+    i = names.index(stage)
+    return times[i + 1] - times[i]
 
 
 def pipeline_kills(ws: Workspace, kills: int, seed: int, config: str, from_scratch: bool = False,
@@ -569,7 +582,10 @@ def pipeline_kills(ws: Workspace, kills: int, seed: int, config: str, from_scrat
     rng = np.random.default_rng(seed)
     # A stage's duration: the reference's, replaced by the median of whole runs of it in
     # reruns once there are some (the reference's first run of a program compiled it; later
-    # processes load it from the XLA cache, as every rerun does).
+    # processes load it from the XLA cache, as every rerun does), and by its duration in a
+    # trial whose kill, drawn over the longer one, landed in a later stage (a machine less
+    # loaded than during the reference: the first stage, never rerun whole, would be missed
+    # forever).
     observed = collections.defaultdict(list)
     counts, trials, misses = collections.Counter(), [], 0
     while sum(counts.values()) < kills and misses < 10 * kills:
@@ -587,6 +603,8 @@ def pipeline_kills(ws: Workspace, kills: int, seed: int, config: str, from_scrat
         logging.warning("kill %d/%d in %s (target %s, +%.2fs): %s", len(trials), kills,
                         record.get("stage"), target, record["offset_s"],
                         "ok" if _trial_ok(record) else "FAILED")
+        if record.get("target_stage_s") is not None and record.get("stage") != target:
+            observed[target].append(record["target_stage_s"])
         rerun_seconds = record.get("rerun_seconds", {})
         for later in STAGES[STAGES.index(record.get("stage") or target) + 1:]:
             if later in rerun_seconds:

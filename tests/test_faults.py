@@ -196,3 +196,11 @@ def test_out_of_space_errors_are_recognised():
     assert cli._out_of_space(OSError("76589 requested and 26560 written"))  # np.save
     assert not cli._out_of_space(OSError(errno.EACCES, "Permission denied"))
     assert not cli._out_of_space(ValueError("28"))
+
+
+def test_a_stage_duration_comes_from_the_run_s_stage_lines():
+    lines = [(0.5, "corpus"), (2.0, "lm"), (9.5, "acts")]
+    assert faults.stage_duration(lines, "corpus") == 1.5
+    assert faults.stage_duration(lines, "lm") == 7.5
+    assert faults.stage_duration(lines, "acts") is None  # killed in it: no later line
+    assert faults.stage_duration(lines, "sae") is None
