@@ -566,12 +566,9 @@ def kill_pipeline(ws: Workspace, ref: dict, target: str, rng: np.random.Generato
 def stage_duration(stages: list[tuple[float, str]], stage: str) -> float | None:
     """Seconds from `stage`'s line to the next stage's line in a run's (time, stage) lines;
     None when the run never got past it."""
-    times = [t for t, s in stages]
     names = [s for _, s in stages]
-    if stage not in names or names.index(stage) + 1 >= len(names):
-        return None
-    i = names.index(stage)
-    return times[i + 1] - times[i]
+    i = names.index(stage) if stage in names else len(names)
+    return stages[i + 1][0] - stages[i][0] if i + 1 < len(names) else None
 
 
 def pipeline_kills(ws: Workspace, kills: int, seed: int, config: str, from_scratch: bool = False,

@@ -28,7 +28,6 @@ and writes W/report.md (with a feature-completeness section); the last stdout li
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -103,12 +102,12 @@ def pipeline_config(s: dict):
 MAX_MENTIONS = 1024  # rare-concept mentions in one chunk (each chunk ends between mentions)
 
 
-@functools.partial(jax.jit, static_argnames="num_mentions")
-def _chunk_counts(sae, x_ND, thresholds_FT, labels_NC, mask_N, mention_N, concept_MR,
-                  num_mentions: int):
+@jax.jit
+def _chunk_counts(sae, x_ND, thresholds_FT, labels_NC, mask_N, mention_N, concept_MR):
     """Token counts (metrics.threshold_counts) and, per rare concept, the mentions on which each
-    feature exceeds each threshold on at least one token ([F, T, R]). mention_N: the row's
-    mention in this chunk (num_mentions: none); concept_MR: each mention's concept, one-hot."""
+    feature exceeds each threshold on at least one token ([F, T, R]). concept_MR: each of the
+    chunk's M mention slots' concept, one-hot; mention_N: the row's slot (M: none)."""
+    num_mentions = concept_MR.shape[0]
     a_NF = sae_artifact.feature_acts(sae, x_ND)
     counts = metrics.threshold_counts(a_NF, thresholds_FT, labels_NC, mask_N)
     pooled_MF = jax.ops.segment_max(a_NF, mention_N, num_segments=num_mentions + 1)
@@ -190,7 +189,7 @@ def score_sae(workdir: str, name: str, concepts: list[str], max_rows: int) -> di
                    np.searchsorted(rare_bits, rare_R[start:stop][first])] = 1
         counts = jax.device_get(_chunk_counts(
             sae, jnp.asarray(x_ND), thresholds_FT, labels_NC, np.arange(CHUNK_ROWS) < n,
-            mention_N, concept_MR, num_mentions=MAX_MENTIONS))
+            mention_N, concept_MR))
         tp_FTC = tp_FTC + counts["tp_UTC"].astype(np.int64)
         pos_FT = pos_FT + counts["pos_UT"].astype(np.int64)
         label_C = label_C + counts["label_C"].astype(np.int64)
@@ -371,10 +370,10 @@ def main(argv):
         # Scores are kept per SAE (a rerun, or one killed while scoring, rescores none twice).
         cached = os.path.join(workdir, "completeness", "scores", f"{sae_config.name}.json")
         score = metrics_io.read_json(cached) if os.path.exists(cached) else None
-        if score is None or score["rows"] != (FLAGS.max_rows or score["rows"]):
+        if score is None or score.get("max_rows") != FLAGS.max_rows:
             score = score_sae(workdir, sae_config.name, concepts, FLAGS.max_rows)
-            score.update(explained_variance=summary.get("explained_variance"),
-                         l0=summary.get("l0"))
+            score.update(max_rows=FLAGS.max_rows, l0=summary.get("l0"),
+                         explained_variance=summary.get("explained_variance"))
             os.makedirs(os.path.dirname(cached), exist_ok=True)
             metrics_io.write_json_atomic(cached, score)
         scores.append(score)
